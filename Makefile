@@ -1,0 +1,70 @@
+# riskstream: what CI runs is what a person runs.
+#
+#   make demo          set everything up, stream a simulated workload through the engine, show Postgres
+#   make test          set everything up and run every test (unit + end-to-end on real Kafka/Postgres)
+#   make bench         throughput/latency benchmark vs. the Python baseline -> docs/BENCHMARKS.md
+#   make train         retrain the fraud model from the simulator (needs PyTorch; not used by tests)
+#   make lint          rustfmt --check and clippy -D warnings
+#   make setup         install system packages, Kafka jars, .venv with onnxruntime (idempotent)
+#   make stack-up      start local Kafka (127.0.0.1:39092) + PostgreSQL (127.0.0.1:55432)
+#   make stack-status  show both; fails if either is down
+#   make stack-down    stop both, keep data
+#   make stack-reset   stop both and delete their data
+
+SHELL := bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+
+# Every cargo/test command runs with the ONNX Runtime path, the persistent
+# CARGO_TARGET_DIR and the stack's addresses from scripts/env.sh.
+ENV := source scripts/env.sh &&
+
+.PHONY: help setup stack-up stack-down stack-status stack-reset build demo test unit-test integration-test model-check lint bench train
+
+help:
+	@sed -n 's/^#   make /make /p' $(firstword $(MAKEFILE_LIST))
+
+setup:
+	bash scripts/setup.sh
+
+stack-up: setup
+	bash scripts/stack up
+
+stack-down:
+	bash scripts/stack down
+
+stack-status:
+	bash scripts/stack status
+
+stack-reset:
+	bash scripts/stack reset
+
+build: setup
+	$(ENV) cargo build --bins --tests
+
+demo: build stack-up
+	$(ENV) bash scripts/demo.sh
+
+test: build stack-up
+	$(ENV) cargo fmt --all -- --check
+	$(ENV) $(MAKE) --no-print-directory model-check unit-test integration-test
+
+unit-test:
+	cargo test --lib --bins
+
+integration-test:
+	cargo test --test integration -- --test-threads=1
+
+# The committed model still matches its manifest and golden file (ONNX Runtime from Python, no PyTorch).
+model-check:
+	.venv/bin/python training/export_check.py models/fraud-attention
+
+lint: setup
+	$(ENV) cargo fmt --all -- --check
+	$(ENV) cargo clippy --all-targets -- -D warnings
+
+bench: setup stack-up
+	$(ENV) bash bench/run.sh
+
+train:
+	bash training/train.sh

@@ -1,0 +1,210 @@
+#!/usr/bin/env bash
+# `make bench`: the engine against the Python baseline (bench/baseline.py) on
+# the local stack. Writes docs/BENCHMARKS.md; raw results go to bench/.out/.
+#
+#   1. Throughput: BENCH_TRANSACTIONS simulated transactions are pre-loaded
+#      into fresh topics; each system then consumes all of them into its own
+#      fresh database (the baseline as a second consumer group).
+#   2. Latency: each system runs on fresh, empty topics while the simulator
+#      offers BENCH_LATENCY_RATE tx/s; latency = Postgres commit time of the
+#      decision - Kafka append time of the record.
+#
+# Knobs (environment): BENCH_TRANSACTIONS (1000000), BENCH_LATENCY_TRANSACTIONS
+# (150000), BENCH_LATENCY_RATE (5000), BENCH_MODEL_DIR (models/fraud-attention),
+# BENCH_SYSTEMS ("engine python"), BENCH_BIN (use this riskstream binary
+# instead of building the release one).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+: "${CARGO_TARGET_DIR:?source scripts/env.sh first}"
+
+N="${BENCH_TRANSACTIONS:-1000000}"
+LAT_N="${BENCH_LATENCY_TRANSACTIONS:-150000}"
+LAT_RATE="${BENCH_LATENCY_RATE:-5000}"
+MODEL_DIR="$(realpath "${BENCH_MODEL_DIR:-models/fraud-attention}")"
+SYSTEMS="${BENCH_SYSTEMS:-engine python}"
+BIN="${BENCH_BIN:-$CARGO_TARGET_DIR/release/riskstream}"
+PY=.venv/bin/python
+OUT=bench/.out
+PARTITIONS=4
+# Not the engine's default 9464, so a running `make demo` does not interfere.
+METRICS_ADDR=127.0.0.1:9465
+# Give up on a run that has not committed everything after this long.
+RUN_TIMEOUT_S=1200
+RUN="bench$(date +%s)"
+PSQL=(psql -q -X -v ON_ERROR_STOP=1 -h 127.0.0.1 -p 55432 -U postgres)
+
+say() { printf 'bench: %s\n' "$*" >&2; }
+die() { printf 'bench: error: %s\n' "$*" >&2; exit 1; }
+sql() { "${PSQL[@]}" -d "$1" -tA -c "$2"; }
+
+fresh_db() {
+  "${PSQL[@]}" -d riskstream -c "DROP DATABASE IF EXISTS $1 WITH (FORCE)" -c "CREATE DATABASE $1"
+}
+
+# Topics stamped with the broker's append time (LogAppendTime), so a record's
+# Kafka timestamp is when Kafka received it, whoever produced it.
+create_topics() {
+  "$PY" - "$1" "$PARTITIONS" "$KAFKA_BROKERS" <<'PY'
+import sys
+from confluent_kafka.admin import AdminClient, NewTopic
+prefix, partitions, brokers = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+config = {"message.timestamp.type": "LogAppendTime"}
+topics = [NewTopic(f"{prefix}.transactions", partitions, 1, config=config),
+          NewTopic(f"{prefix}.labels", 1, 1, config=config),
+          NewTopic(f"{prefix}.transactions.dlq", 1, 1, config=config)]
+admin = AdminClient({"bootstrap.servers": brokers})  # must outlive the futures
+for future in admin.create_topics(topics).values():
+    future.result()
+PY
+}
+
+# engine_env PREFIX GROUP DB: the environment (in ENV) that points the stock
+# config at topics PREFIX.*, consumer group GROUP and database DB.
+engine_env() {
+  ENV=(
+    RISKSTREAM_KAFKA__TRANSACTIONS_TOPIC="$1.transactions"
+    RISKSTREAM_KAFKA__LABELS_TOPIC="$1.labels"
+    RISKSTREAM_KAFKA__DLQ_TOPIC="$1.transactions.dlq"
+    RISKSTREAM_KAFKA__PARTITIONS="$PARTITIONS"
+    RISKSTREAM_KAFKA__GROUP_ID="$2"
+    RISKSTREAM_POSTGRES__URL="postgres://postgres@127.0.0.1:55432/$3"
+    RISKSTREAM_MODEL__DIR="$MODEL_DIR"
+    RISKSTREAM_SERVER__LISTEN="$METRICS_ADDR"
+  )
+}
+
+# simulate PREFIX ARGS...: produce to PREFIX.*; prints the number of transactions produced.
+simulate() {
+  local prefix="$1" out n
+  shift
+  engine_env "$prefix" "$prefix-simulator" unused  # the simulator reads only the Kafka settings
+  out=$(env "${ENV[@]}" "$BIN" simulate "$@")
+  say "$out"
+  n=$(sed -n 's/^produced \([0-9]*\) transactions.*/\1/p' <<<"$out")
+  [[ -n $n ]] || die "no transaction count in the simulator's output"
+  echo "$n"
+}
+
+# start SYSTEM PREFIX DB LOG: start a system on PREFIX.* writing to DB; sets PID and STARTED.
+start() {
+  local system="$1" prefix="$2" db="$3" log="$4"
+  fresh_db "$db"
+  STARTED=$(date +%s.%N)
+  if [[ $system == engine ]]; then
+    engine_env "$prefix" "$prefix-engine" "$db"
+    env "${ENV[@]}" "$BIN" run 2>"$log" &
+  else
+    # Its JSON summary (with its own stage timings) goes to LOG's .summary.json sibling.
+    "$PY" bench/baseline.py --brokers "$KAFKA_BROKERS" --group "$prefix-python" --topic-prefix "$prefix" \
+      --db-url "postgres://postgres@127.0.0.1:55432/$db" --model-dir "$MODEL_DIR" \
+      --idle-exit-seconds "$RUN_TIMEOUT_S" >"${log%.log}.summary.json" 2>"$log" &
+  fi
+  PID=$!
+  trap 'kill -TERM $PID 2>/dev/null || true' EXIT
+}
+
+# wait_committed DB TOPIC N LOG: until the partitions' committed offsets cover
+# N records. (Offsets, not count(*): polling must not load the database.)
+wait_committed() {
+  local db="$1" topic="$2" n="$3" log="$4" done=0 deadline=$(( $(date +%s) + RUN_TIMEOUT_S ))
+  while (( done < n )); do
+    kill -0 "$PID" 2>/dev/null || { tail -20 "$log" >&2; die "$log: process died"; }
+    (( $(date +%s) < deadline )) || { tail -20 "$log" >&2; die "$log: not done after ${RUN_TIMEOUT_S}s"; }
+    sleep 0.2
+    done=$(sql "$db" "SELECT coalesce(sum(next_offset), 0) FROM kafka_offsets
+                      WHERE topic = '$topic' AND next_offset > 0" 2>/dev/null || echo 0)
+  done
+}
+
+# stop: CPU seconds (user + sys) and peak RSS of PID, then SIGTERM it. Sets CPU_S and RSS_MB.
+stop() {
+  CPU_S=$(awk -v tck="$(getconf CLK_TCK)" '{ print ($14 + $15) / tck }' "/proc/$PID/stat")
+  RSS_MB=$(awk '/^VmHWM/ { print $2 / 1024 }' "/proc/$PID/status")
+  kill -TERM "$PID"
+  wait "$PID" || true
+  trap - EXIT
+}
+
+# throughput SYSTEM PREFIX PRODUCED: consume the pre-loaded PREFIX.* -> $OUT/throughput-SYSTEM.json.
+throughput() {
+  local system="$1" prefix="$2" produced="$3" db="bench_${1}_throughput" log="$OUT/throughput-$1.log"
+  say "throughput: $system consumes $produced pre-loaded transactions"
+  start "$system" "$prefix" "$db" "$log"
+  wait_committed "$db" "$prefix.transactions" "$produced" "$log"
+  if [[ $system == engine ]]; then
+    "$PY" -c 'import sys, urllib.request; sys.stdout.write(urllib.request.urlopen(sys.argv[1]).read().decode())' \
+      "http://$METRICS_ADDR/metrics" >"$OUT/throughput-engine.metrics"
+  fi
+  stop
+  # Every transaction is either decided or dead-lettered, each exactly once.
+  local rows first last
+  IFS='|' read -r rows first last < <(sql "$db" "
+    SELECT (SELECT count(*) FROM dead_letters WHERE source_topic = '$prefix.transactions') + count(*),
+           extract(epoch FROM min(c)), extract(epoch FROM max(c))
+      FROM (SELECT pg_xact_commit_timestamp(xmin) AS c FROM risk_decisions) d")
+  (( rows == produced )) || die "$system committed $rows rows for $produced transactions"
+  cat >"$OUT/throughput-$system.json" <<JSON
+{"system": "$system", "transactions": $produced, "rows_committed": $rows,
+ "wall_seconds": $(awk -v a="$STARTED" -v b="$last" 'BEGIN { printf "%.3f", b - a }'),
+ "first_to_last_commit_seconds": $(awk -v a="$first" -v b="$last" 'BEGIN { printf "%.3f", b - a }'),
+ "cpu_seconds": $CPU_S, "peak_rss_mb": $RSS_MB}
+JSON
+}
+
+# latency SYSTEM: fresh topics, the system first, then LAT_N transactions at
+# LAT_RATE tx/s -> $OUT/latency-SYSTEM.json.
+latency() {
+  local system="$1" prefix="$RUN-latency-$1" db="bench_${1}_latency" log="$OUT/latency-$1.log"
+  say "latency: $system at $LAT_RATE tx/s"
+  create_topics "$prefix"
+  start "$system" "$prefix" "$db" "$log"
+  local produced produced_at
+  produced=$(simulate "$prefix" --transactions "$LAT_N" --seed 2 --rate "$LAT_RATE")
+  produced_at=$(date +%s.%N)
+  wait_committed "$db" "$prefix.transactions" "$produced" "$log"
+  stop
+  # Steady state: records appended at least 10 s after the first one.
+  sql "$db" "
+    WITH l AS (
+      SELECT kafka_ts, extract(epoch FROM pg_xact_commit_timestamp(xmin) - kafka_ts) * 1000 AS ms,
+             pg_xact_commit_timestamp(xmin) AS committed
+        FROM risk_decisions),
+    s AS (SELECT min(kafka_ts) + interval '10 s' AS since, max(kafka_ts) - interval '10 s' AS last10 FROM l)
+    -- Whether lag grows: the median of the first and of the last 10 s of steady-state input.
+    SELECT json_build_object(
+      'system', '$system', 'transactions', $produced, 'offered_rate', $LAT_RATE,
+      'steady_rows', count(*),
+      'p50_ms', round(percentile_cont(0.5) WITHIN GROUP (ORDER BY ms)::numeric, 1),
+      'p99_ms', round(percentile_cont(0.99) WITHIN GROUP (ORDER BY ms)::numeric, 1),
+      'max_ms', round(max(ms)::numeric, 1),
+      'p50_first_10s_ms', round((percentile_cont(0.5) WITHIN GROUP (ORDER BY ms)
+                                 FILTER (WHERE kafka_ts < s.since + interval '10 s'))::numeric, 1),
+      'p50_last_10s_ms', round((percentile_cont(0.5) WITHIN GROUP (ORDER BY ms)
+                                FILTER (WHERE kafka_ts >= s.last10))::numeric, 1),
+      'drain_after_producer_s', round((extract(epoch FROM max(committed)) - $produced_at)::numeric, 2))
+      FROM l, s WHERE l.kafka_ts >= s.since" >"$OUT/latency-$system.json"
+}
+
+mkdir -p "$OUT"
+rm -f "$OUT"/*.json "$OUT"/*.log "$OUT"/*.metrics
+
+# Commit timestamps only exist for transactions committed while this is on,
+# and turning it on needs a server restart.
+if [[ $(sql riskstream "SHOW track_commit_timestamp") != on ]]; then
+  say "track_commit_timestamp is off: restarting the stack to turn it on"
+  bash scripts/stack down && bash scripts/stack up
+fi
+
+# The simulator is the engine's binary too, so it is built even for BENCH_SYSTEMS=python.
+[[ -n ${BENCH_BIN:-} ]] || cargo build --release --bin riskstream
+
+prefix="$RUN-throughput"
+create_topics "$prefix"
+say "pre-loading $N simulated transactions into $prefix.*"
+produced=$(simulate "$prefix" --transactions "$N" --seed 1)
+for system in $SYSTEMS; do throughput "$system" "$prefix" "$produced"; done
+for system in $SYSTEMS; do latency "$system"; done
+
+"$PY" bench/report.py --out "$OUT" --doc docs/BENCHMARKS.md --model-dir "$MODEL_DIR" \
+  --command "BENCH_TRANSACTIONS=$N BENCH_LATENCY_TRANSACTIONS=$LAT_N BENCH_LATENCY_RATE=$LAT_RATE make bench"
+say "wrote docs/BENCHMARKS.md (raw results in $OUT/)"

@@ -1,0 +1,386 @@
+//! Shared harness: an isolated "world" (topics, group, database, config
+//! file) and the engine as a child process.
+
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::ClientConfig;
+use riskstream::simulate::{self, SimConfig, Simulator};
+use sqlx::{PgPool, Row};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub fn brokers() -> String {
+    std::env::var("KAFKA_BROKERS").unwrap_or_else(|_| "127.0.0.1:39092".into())
+}
+
+pub fn admin_url() -> String {
+    std::env::var("DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:55432/riskstream".into())
+}
+
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+pub fn model_dir() -> PathBuf {
+    repo_root().join("models/fraud-attention")
+}
+
+/// An isolated set of topics, a consumer group and a database.
+pub struct World {
+    pub name: String,
+    pub dir: tempfile::TempDir,
+    pub db_url: String,
+    pub pool: PgPool,
+    pub config_path: PathBuf,
+}
+
+impl World {
+    pub async fn new(test: &str, partitions: i32) -> World {
+        let name = format!("it_{test}_{}", std::process::id());
+        let admin = PgPool::connect(&admin_url())
+            .await
+            .expect("postgres is up (make stack-up)");
+        sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+            .execute(&admin)
+            .await
+            .unwrap();
+        sqlx::query(&format!("CREATE DATABASE {name}"))
+            .execute(&admin)
+            .await
+            .unwrap();
+        admin.close().await;
+        let db_url = admin_url()
+            .rsplit_once('/')
+            .map(|(base, _)| format!("{base}/{name}"))
+            .unwrap();
+        let pool = PgPool::connect(&db_url).await.unwrap();
+        riskstream::sink::migrate(&pool).await.unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let world = World {
+            config_path: dir.path().join("riskstream.toml"),
+            name,
+            dir,
+            db_url,
+            pool,
+        };
+        std::fs::write(&world.config_path, world.config_text(partitions, "")).unwrap();
+        riskstream::ingest::topics::ensure_topics(
+            &brokers(),
+            &[
+                (&world.topic("transactions"), partitions),
+                (&world.topic("labels"), 1),
+                (&world.topic("dlq"), 1),
+            ],
+        )
+        .await
+        .unwrap();
+        world
+    }
+
+    pub fn topic(&self, kind: &str) -> String {
+        format!("{}.{kind}", self.name)
+    }
+
+    /// A complete config for this world; `extra` is appended (TOML).
+    pub fn config_text(&self, partitions: i32, extra: &str) -> String {
+        format!(
+            r#"
+[kafka]
+brokers = "{brokers}"
+group_id = "{name}"
+transactions_topic = "{name}.transactions"
+labels_topic = "{name}.labels"
+dlq_topic = "{name}.dlq"
+partitions = {partitions}
+session_timeout_ms = 6000
+
+[postgres]
+url = "{db}"
+max_connections = 4
+
+[pipeline]
+batch_max_rows = 1000
+batch_max_wait_ms = 20
+channel_capacity_rows = 10000
+scoring_workers = 1
+state_wait_ms = 60000
+shutdown_deadline_ms = 10000
+
+[model]
+dir = "{model}"
+
+[thresholds]
+review = 0.5
+decline = 0.9
+
+[server]
+listen = ""
+{extra}
+"#,
+            brokers = brokers(),
+            name = self.name,
+            db = self.db_url,
+            model = model_dir().display(),
+        )
+    }
+
+    /// Produce a simulated stream of about `n` transactions; returns what was produced.
+    pub fn produce_simulated(&self, n: usize, seed: u64) -> (u64, u64) {
+        let sim = Simulator::new(SimConfig {
+            max_transactions: Some(n),
+            ..SimConfig::for_transactions(n, seed)
+        });
+        let (t, l) = (self.topic("transactions"), self.topic("labels"));
+        let target = simulate::kafka::Target {
+            brokers: &brokers(),
+            transactions_topic: &t,
+            labels_topic: &l,
+            rate: None,
+            progress: false,
+        };
+        let p = simulate::kafka::produce(sim, None, &target).unwrap();
+        (p.transactions, p.labels)
+    }
+
+    pub fn start_engine(&self, tag: &str) -> Engine {
+        Engine::start(
+            &self.config_path,
+            &self.dir.path().join(format!("engine-{tag}.log")),
+        )
+    }
+
+    /// Log-end offsets of a topic, by partition.
+    pub fn end_offsets(&self, topic: &str) -> BTreeMap<i32, i64> {
+        let c: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", brokers())
+            .set("group.id", "it-probe")
+            .create()
+            .unwrap();
+        let md = c
+            .fetch_metadata(Some(topic), Duration::from_secs(10))
+            .unwrap();
+        let mut out = BTreeMap::new();
+        for p in md.topics()[0].partitions() {
+            let (_, high) = c
+                .fetch_watermarks(topic, p.id(), Duration::from_secs(10))
+                .unwrap();
+            out.insert(p.id(), high);
+        }
+        out
+    }
+
+    pub async fn count(&self, sql: &str) -> i64 {
+        sqlx::query_scalar(sql).fetch_one(&self.pool).await.unwrap()
+    }
+
+    /// Wait until every record of the transactions topic is decided or
+    /// dead-lettered and the stored offsets reached the log ends.
+    pub async fn wait_until_done(&self, engines: &mut [&mut Engine], timeout: Duration) {
+        let ends = self.end_offsets(&self.topic("transactions"));
+        let started = Instant::now();
+        loop {
+            let stored: BTreeMap<i32, i64> =
+                sqlx::query("SELECT partition, next_offset FROM kafka_offsets WHERE topic = $1")
+                    .bind(self.topic("transactions"))
+                    .fetch_all(&self.pool)
+                    .await
+                    .unwrap()
+                    .iter()
+                    .map(|r| (r.get(0), r.get(1)))
+                    .collect();
+            if ends
+                .iter()
+                .all(|(p, end)| *end == 0 || stored.get(p) == Some(end))
+            {
+                return;
+            }
+            for e in engines.iter_mut() {
+                if let Some(status) = e.child.try_wait().unwrap() {
+                    panic!("engine exited early ({status}):\n{}", e.log_tail());
+                }
+            }
+            if started.elapsed() > timeout {
+                let logs: Vec<String> = engines.iter().map(|e| e.log_tail()).collect();
+                panic!(
+                    "not done after {timeout:?}: stored {stored:?}, ends {ends:?}\n{}",
+                    logs.join("\n---\n")
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+
+    /// Wait until at least `n` decisions are committed (the engine must stay up).
+    pub async fn wait_for_decisions(&self, engine: &mut Engine, n: i64, timeout: Duration) {
+        let started = Instant::now();
+        while self.count("SELECT count(*) FROM risk_decisions").await < n {
+            if let Some(status) = engine.child.try_wait().unwrap() {
+                panic!("engine exited early ({status}):\n{}", engine.log_tail());
+            }
+            assert!(
+                started.elapsed() < timeout,
+                "fewer than {n} decisions after {timeout:?}:\n{}",
+                engine.log_tail()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// The invariants every run must satisfy, whatever happened during it.
+    pub async fn assert_exactly_once(&self, produced: u64) {
+        let decisions = self.count("SELECT count(*) FROM risk_decisions").await;
+        let dead = self
+            .count("SELECT count(*) FROM dead_letters WHERE source_topic LIKE '%.transactions'")
+            .await;
+        assert_eq!(
+            decisions + dead,
+            produced as i64,
+            "every transaction decided or dead-lettered exactly once"
+        );
+        let distinct = self
+            .count("SELECT count(DISTINCT tx_id) FROM risk_decisions")
+            .await;
+        assert_eq!(distinct, decisions);
+        let dup_offsets = self
+            .count("SELECT count(*) FROM (SELECT source_partition, source_offset FROM risk_decisions GROUP BY 1, 2 HAVING count(*) > 1) d")
+            .await;
+        assert_eq!(dup_offsets, 0, "no Kafka record decided twice");
+        let explained = self
+            .count("SELECT count(*) FROM attention_explanations")
+            .await;
+        assert_eq!(explained, decisions, "every decision has its explanation");
+        let bad_features = self
+            .count("SELECT count(*) FROM attention_explanations WHERE abs((SELECT sum(w) FROM unnest(feature_weights) w) - 1) > 1e-4")
+            .await;
+        assert_eq!(bad_features, 0, "feature attention sums to 1");
+        let bad_history = self
+            .count(
+                "SELECT count(*) FROM attention_explanations
+                  WHERE cardinality(history_tx_ids) > 0
+                    AND abs((SELECT sum(w) FROM unnest(history_weights) w) - 1) > 1e-4",
+            )
+            .await;
+        assert_eq!(
+            bad_history, 0,
+            "history attention sums to 1 when there is history"
+        );
+        let foreign = self
+            .count(
+                "SELECT count(*) FROM attention_explanations e JOIN risk_decisions d USING (tx_id),
+                        unnest(e.history_tx_ids) h JOIN risk_decisions p ON p.tx_id = h
+                  WHERE p.card_id <> d.card_id OR p.ts > d.ts",
+            )
+            .await;
+        assert_eq!(
+            foreign, 0,
+            "history positions point at earlier transactions of the same card"
+        );
+        let ends = self.end_offsets(&self.topic("transactions"));
+        for (p, end) in ends {
+            let stored: Option<i64> = sqlx::query_scalar(
+                "SELECT next_offset FROM kafka_offsets WHERE topic = $1 AND partition = $2",
+            )
+            .bind(self.topic("transactions"))
+            .bind(p)
+            .fetch_optional(&self.pool)
+            .await
+            .unwrap();
+            assert_eq!(
+                stored.unwrap_or(0).max(0),
+                end,
+                "stored offset of partition {p} equals its end offset"
+            );
+        }
+    }
+
+    /// tx_id → stored features (JSON text), for comparing runs.
+    pub async fn features(&self) -> BTreeMap<String, String> {
+        sqlx::query("SELECT tx_id, features::text FROM risk_decisions")
+            .fetch_all(&self.pool)
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| (r.get(0), r.get(1)))
+            .collect()
+    }
+
+    pub async fn drop_database(self) {
+        self.pool.close().await;
+        let admin = PgPool::connect(&admin_url()).await.unwrap();
+        let _ = sqlx::query(&format!(
+            "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+            self.name
+        ))
+        .execute(&admin)
+        .await;
+    }
+}
+
+/// The `riskstream run` binary as a child process.
+pub struct Engine {
+    pub child: Child,
+    pub log: PathBuf,
+}
+
+impl Engine {
+    pub fn start(config: &Path, log: &Path) -> Engine {
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_riskstream"))
+            .args(["--config", config.to_str().unwrap(), "run"])
+            .env("RUST_LOG", "info,sqlx=warn,rdkafka=warn")
+            .stdout(Stdio::from(file.try_clone().unwrap()))
+            .stderr(Stdio::from(file))
+            .spawn()
+            .expect("start riskstream");
+        Engine {
+            child,
+            log: log.to_owned(),
+        }
+    }
+
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill(); // SIGKILL
+        let _ = self.child.wait();
+    }
+
+    /// SIGTERM, and the exit status.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        unsafe_sigterm(self.child.id());
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                return s;
+            }
+            if Instant::now() > deadline {
+                self.kill9();
+                panic!("engine ignored SIGTERM for 30 s:\n{}", self.log_tail());
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    pub fn log_tail(&self) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(40)..].join("\n")
+    }
+}
+
+impl Drop for Engine {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn unsafe_sigterm(pid: u32) {
+    let _ = Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status();
+}

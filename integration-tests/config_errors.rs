@@ -1,0 +1,82 @@
+//! A bad configuration stops `check-config` and `run` before anything starts,
+//! naming each problem by its key.
+
+use crate::common::{model_dir, World};
+use std::process::Command;
+
+fn riskstream(config: &std::path::Path, command: &str) -> (bool, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_riskstream"))
+        .args(["--config", config.to_str().unwrap(), command])
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stderr).to_string() + &String::from_utf8_lossy(&out.stdout),
+    )
+}
+
+#[tokio::test]
+async fn bad_configs_are_rejected_by_check_config_and_run() {
+    let world = World::new("config", 1).await;
+    let (ok, text) = riskstream(&world.config_path, "check-config");
+    assert!(ok, "the world's own config is valid: {text}");
+
+    let base = world.config_text(1, "");
+    let cases = [
+        (
+            "unknown key",
+            base.replace("[postgres]", "[postgres]\npool_size = 3"),
+            "pool_size",
+        ),
+        (
+            "review above decline",
+            base.replace("review = 0.5", "review = 0.95"),
+            "thresholds.review",
+        ),
+        (
+            "missing model",
+            base.replace(&model_dir().display().to_string(), "/nonexistent/model"),
+            "model.dir",
+        ),
+    ];
+    for (what, text, key) in cases {
+        let path = world.dir.path().join("bad.toml");
+        std::fs::write(&path, text).unwrap();
+        for command in ["check-config", "run"] {
+            let (ok, out) = riskstream(&path, command);
+            assert!(!ok, "{what}: `{command}` must fail");
+            assert!(
+                out.contains(key),
+                "{what}: `{command}` must name {key:?}, said:\n{out}"
+            );
+        }
+    }
+
+    // A model whose bytes do not match its manifest fails at startup too.
+    let tampered = world.dir.path().join("tampered");
+    std::fs::create_dir(&tampered).unwrap();
+    std::fs::copy(
+        model_dir().join("manifest.json"),
+        tampered.join("manifest.json"),
+    )
+    .unwrap();
+    let mut bytes = std::fs::read(model_dir().join("model.onnx")).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 1;
+    std::fs::write(tampered.join("model.onnx"), bytes).unwrap();
+    let path = world.dir.path().join("tampered.toml");
+    std::fs::write(
+        &path,
+        base.replace(
+            &model_dir().display().to_string(),
+            &tampered.display().to_string(),
+        ),
+    )
+    .unwrap();
+    let (ok, out) = riskstream(&path, "check-config");
+    assert!(
+        !ok && out.contains("sha256"),
+        "a tampered model is refused: {out}"
+    );
+    world.drop_database().await;
+}

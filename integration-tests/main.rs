@@ -1,0 +1,13 @@
+//! End-to-end tests against the real local stack (`make stack-up`): Apache
+//! Kafka on 127.0.0.1:39092 and PostgreSQL on 127.0.0.1:55432.
+//!
+//! Each test gets its own topics, consumer group and database, and drives the
+//! real `riskstream` binary as child processes, so crashes are real
+//! `kill -9`s. Run with `--test-threads=1`: the tests are heavy and share
+//! two cores.
+
+mod common;
+mod config_errors;
+mod exactly_once;
+mod model_golden;
+mod poison;

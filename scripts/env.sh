@@ -1,0 +1,17 @@
+# Source me from bash: `. scripts/env.sh`. Environment for building and
+# running riskstream against the local stack from scripts/stack.
+
+RISKSTREAM_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+export RISKSTREAM_ROOT
+
+# ort is built with "load-dynamic": the ONNX Runtime library comes from the
+# onnxruntime wheel in .venv (scripts/setup.sh), not from a system package.
+# Empty if setup has not run yet.
+ORT_DYLIB_PATH="$(ls -1 "$RISKSTREAM_ROOT"/.venv/lib/python3*/site-packages/onnxruntime/capi/libonnxruntime.so.* 2>/dev/null | head -n1)"
+export ORT_DYLIB_PATH
+
+# Outside the repo so fresh clones / worktrees share one build cache.
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/riskstream/target}"
+
+export KAFKA_BROKERS=127.0.0.1:39092
+export DATABASE_URL=postgres://postgres@127.0.0.1:55432/riskstream

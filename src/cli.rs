@@ -1,0 +1,209 @@
+//! The commands behind `riskstream …`, as library functions so tests and
+//! tools can call them. Each returns the process exit code.
+
+use crate::config::{Config, ConfigError, KafkaConfig};
+use crate::metrics::Metrics;
+use crate::scoring::Scorer;
+use crate::simulate::{self, SimConfig, Simulator};
+use crate::{pipeline, serve, sink};
+use anyhow::{Context, Result};
+use sqlx::Row;
+use std::path::Path;
+use std::process::ExitCode;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use tokio_util::sync::CancellationToken;
+
+/// `riskstream run`: the engine, `/metrics` and `/healthz`, until a signal.
+/// The first SIGINT/SIGTERM finishes the batch in hand; a second exits at once.
+pub async fn run(config: &Config) -> Result<ExitCode> {
+    let shutdown = CancellationToken::new();
+    tokio::spawn(signals(shutdown.clone()));
+    let metrics = Arc::new(Metrics::new());
+    let ready = Arc::new(AtomicBool::new(false));
+    if !config.server.listen.is_empty() {
+        let addr = config.server.listen.parse().context("server.listen")?;
+        let health = serve::Health {
+            metrics: metrics.clone(),
+            ready: ready.clone(),
+        };
+        let token = shutdown.clone();
+        tokio::spawn(async move {
+            if let Err(e) = serve::serve(addr, health, token).await {
+                tracing::error!(error = %e, "metrics server failed");
+            }
+        });
+    }
+    let summary = pipeline::run(config.clone(), metrics, ready, shutdown).await?;
+    tracing::info!(?summary, "engine stopped");
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn signals(shutdown: CancellationToken) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        return;
+    };
+    tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
+    tracing::info!("shutting down: finishing the current batch (signal again to exit at once)");
+    shutdown.cancel();
+    tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
+    eprintln!("riskstream: second signal, exiting now (uncommitted work is replayed on restart)");
+    std::process::exit(130);
+}
+
+/// `riskstream check-config`: every problem in the file, then the model.
+pub fn check_config(path: &Path) -> Result<ExitCode> {
+    let config = match Config::load(path) {
+        Ok(c) => c,
+        Err(e @ ConfigError::Invalid { .. })
+        | Err(e @ ConfigError::Parse { .. })
+        | Err(e @ ConfigError::Read { .. }) => {
+            eprintln!("{e}");
+            return Ok(ExitCode::FAILURE);
+        }
+    };
+    if verify_model(&config.model.dir)? != ExitCode::SUCCESS {
+        return Ok(ExitCode::FAILURE);
+    }
+    println!("{}: ok", path.display());
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `riskstream models verify`: checksum, contract, and a load through ONNX Runtime.
+pub fn verify_model(dir: &Path) -> Result<ExitCode> {
+    match Scorer::open(dir, 1, 1, 1) {
+        Ok(s) => {
+            println!(
+                "{}: {} v{} sha256 {} ok",
+                dir.display(),
+                s.manifest.name,
+                s.manifest.version,
+                s.manifest.sha256
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) => {
+            eprintln!("model.dir: {e}");
+            Ok(ExitCode::FAILURE)
+        }
+    }
+}
+
+pub async fn migrate(config: &Config) -> Result<ExitCode> {
+    let pool = sink::connect(config.postgres.url.expose(), 2).await?;
+    sink::migrate(&pool).await?;
+    println!("migrations applied");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `riskstream simulate`: to a file, or to Kafka (creating the topics).
+pub async fn simulate(
+    n: usize,
+    seed: u64,
+    out: Option<&Path>,
+    kafka: Option<&KafkaConfig>,
+    rate: Option<f64>,
+) -> Result<ExitCode> {
+    let sim = Simulator::new(SimConfig {
+        max_transactions: Some(n),
+        ..SimConfig::for_transactions(n, seed)
+    });
+    if let Some(path) = out {
+        let s = simulate::write_file(path, sim)?;
+        println!(
+            "wrote {} transactions ({} fraud) to {}",
+            s.transactions,
+            s.frauds,
+            path.display()
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    let k = kafka.context("no Kafka configuration")?.clone();
+    crate::ingest::topics::ensure_topics(
+        &k.brokers,
+        &[
+            (&k.transactions_topic, k.partitions),
+            (&k.labels_topic, 1),
+            (&k.dlq_topic, 1),
+        ],
+    )
+    .await?;
+    let progress = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let produced = tokio::task::spawn_blocking(move || {
+        let target = simulate::kafka::Target {
+            brokers: &k.brokers,
+            transactions_topic: &k.transactions_topic,
+            labels_topic: &k.labels_topic,
+            rate,
+            progress,
+        };
+        simulate::kafka::produce(sim, Some(n as u64), &target)
+    })
+    .await??;
+    println!(
+        "produced {} transactions and {} labels in {:.1}s ({:.0} tx/s)",
+        produced.transactions,
+        produced.labels,
+        produced.elapsed.as_secs_f64(),
+        produced.transactions as f64 / produced.elapsed.as_secs_f64()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `riskstream report`: what an analyst would look at first.
+pub async fn report(config: &Config) -> Result<ExitCode> {
+    let pool = sink::connect(config.postgres.url.expose(), 2).await?;
+    println!("Decisions by outcome:");
+    for r in sqlx::query("SELECT decision, count(*), round(avg(score)::numeric, 4)::text FROM risk_decisions GROUP BY 1 ORDER BY 2 DESC")
+        .fetch_all(&pool)
+        .await?
+    {
+        println!("  {:<8} {:>8}  avg score {}", r.get::<String, _>(0), r.get::<i64, _>(1), r.get::<String, _>(2));
+    }
+    let dead: i64 = sqlx::query_scalar("SELECT count(*) FROM dead_letters")
+        .fetch_one(&pool)
+        .await?;
+    let labels: i64 = sqlx::query_scalar("SELECT count(*) FROM labels")
+        .fetch_one(&pool)
+        .await?;
+    println!("Dead letters: {dead}   Labels received: {labels}");
+    println!("\nAlert quality (days with labelled frauds):");
+    for r in sqlx::query(
+        "SELECT sum(alerts)::bigint, sum(true_alerts)::bigint, sum(frauds)::bigint FROM alert_quality",
+    )
+    .fetch_all(&pool)
+    .await?
+    {
+        let (alerts, hits, frauds): (Option<i64>, Option<i64>, Option<i64>) = (r.get(0), r.get(1), r.get(2));
+        let (alerts, hits, frauds) = (alerts.unwrap_or(0), hits.unwrap_or(0), frauds.unwrap_or(0));
+        println!(
+            "  alerts {alerts}, of which labelled fraud {hits} (precision {:.3}); frauds caught {hits}/{frauds} (recall {:.3})",
+            hits as f64 / alerts.max(1) as f64,
+            hits as f64 / frauds.max(1) as f64
+        );
+    }
+    println!("\nHighest-scored declines with their top reasons:");
+    for r in sqlx::query(
+        "SELECT tx_id, card_id, amount::text, channel, score, array_to_string(top_features, ', '), coalesce(array_to_string(top_history, ', '), '')
+           FROM decision_reasons WHERE decision = 'decline' ORDER BY score DESC, tx_id LIMIT 5",
+    )
+    .fetch_all(&pool)
+    .await?
+    {
+        println!(
+            "  {} card {} amount {} {} score {:.3}\n      features: {}\n      history:  {}",
+            r.get::<String, _>(0),
+            r.get::<String, _>(1),
+            r.get::<String, _>(2),
+            r.get::<Option<String>, _>(3).unwrap_or_default(),
+            r.get::<f32, _>(4),
+            r.get::<String, _>(5),
+            r.get::<String, _>(6)
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,627 @@
+//! Engine configuration: one TOML file, `RISKSTREAM_*` environment overrides,
+//! and a single [`RawConfig::validate`] that reports *every* problem by key.
+//!
+//! This module owns parsing and validation only. It never connects to
+//! anything and never logs secret values: connection strings live in
+//! [`Secret`], whose `Debug` and `Display` print `***`.
+
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+/// A value that must never reach a log line.
+#[derive(Clone, Deserialize, Serialize, Default, PartialEq)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(s: impl Into<String>) -> Self {
+        Secret(s.into())
+    }
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("***")
+    }
+}
+
+impl fmt::Display for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("***")
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub kafka: KafkaConfig,
+    pub postgres: PostgresConfig,
+    #[serde(default)]
+    pub pipeline: PipelineConfig,
+    #[serde(default)]
+    pub features: FeatureConfig,
+    pub model: ModelConfig,
+    pub thresholds: ThresholdConfig,
+    #[serde(default)]
+    pub server: ServerConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaConfig {
+    pub brokers: String,
+    #[serde(default = "defaults::group_id")]
+    pub group_id: String,
+    #[serde(default = "defaults::transactions_topic")]
+    pub transactions_topic: String,
+    #[serde(default = "defaults::labels_topic")]
+    pub labels_topic: String,
+    #[serde(default = "defaults::dlq_topic")]
+    pub dlq_topic: String,
+    /// Partitions created for `transactions_topic` when it does not exist yet.
+    #[serde(default = "defaults::partitions")]
+    pub partitions: i32,
+    #[serde(default = "defaults::session_timeout_ms")]
+    pub session_timeout_ms: u64,
+    /// Extra librdkafka properties (e.g. security settings). Values are secret.
+    #[serde(default)]
+    pub properties: BTreeMap<String, Secret>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PostgresConfig {
+    pub url: Secret,
+    #[serde(default = "defaults::max_connections")]
+    pub max_connections: u32,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PipelineConfig {
+    /// A batch closes at this many rows...
+    pub batch_max_rows: usize,
+    /// ...or this long after its first row, whichever comes first.
+    pub batch_max_wait_ms: u64,
+    /// Rows buffered between ingest and featurization; bounds memory.
+    pub channel_capacity_rows: usize,
+    /// Blocking threads running ONNX Runtime sessions, one session each.
+    pub scoring_workers: usize,
+    /// How long a batch may wait for the terminal/label watermark before it is
+    /// scored anyway and marked `state_complete = false`.
+    pub state_wait_ms: u64,
+    /// On shutdown, how long the current batch may take to commit.
+    pub shutdown_deadline_ms: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FeatureConfig {
+    /// Terminal fraud statistics only count transactions at least this many
+    /// days old, modelling the investigation delay of fraud labels.
+    pub label_delay_days: i64,
+    /// How far a transaction may be behind its partition's newest event time
+    /// and still be counted by cross-partition (terminal) windows.
+    pub late_tolerance_secs: i64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelConfig {
+    pub dir: PathBuf,
+    /// Rows per ONNX Runtime call.
+    #[serde(default = "defaults::model_batch")]
+    pub max_batch: usize,
+    #[serde(default = "defaults::intra_threads")]
+    pub intra_threads: usize,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Thresholds {
+    pub review: f32,
+    pub decline: f32,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ThresholdConfig {
+    pub review: f32,
+    pub decline: f32,
+    /// Who made the last change; recorded in `threshold_sets` for the audit.
+    #[serde(default = "defaults::changed_by")]
+    pub changed_by: String,
+    /// Per-channel overrides (`pos`, `ecom`, `atm`).
+    #[serde(default)]
+    pub channel: BTreeMap<String, Thresholds>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    /// `/metrics` and `/healthz`; empty disables the server.
+    pub listen: String,
+}
+
+mod defaults {
+    pub fn group_id() -> String {
+        "riskstream".into()
+    }
+    pub fn transactions_topic() -> String {
+        "transactions".into()
+    }
+    pub fn labels_topic() -> String {
+        "labels".into()
+    }
+    pub fn dlq_topic() -> String {
+        "transactions.dlq".into()
+    }
+    pub fn partitions() -> i32 {
+        4
+    }
+    pub fn session_timeout_ms() -> u64 {
+        10_000
+    }
+    pub fn max_connections() -> u32 {
+        8
+    }
+    pub fn model_batch() -> usize {
+        256
+    }
+    pub fn intra_threads() -> usize {
+        1
+    }
+    pub fn changed_by() -> String {
+        "unknown".into()
+    }
+}
+
+impl Default for PipelineConfig {
+    fn default() -> Self {
+        PipelineConfig {
+            batch_max_rows: 2000,
+            batch_max_wait_ms: 50,
+            channel_capacity_rows: 20_000,
+            scoring_workers: 2,
+            state_wait_ms: 30_000,
+            shutdown_deadline_ms: 10_000,
+        }
+    }
+}
+
+impl Default for FeatureConfig {
+    fn default() -> Self {
+        FeatureConfig {
+            label_delay_days: 7,
+            late_tolerance_secs: 0,
+        }
+    }
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            listen: "127.0.0.1:9464".into(),
+        }
+    }
+}
+
+/// One thing wrong with a configuration, named by its dotted key.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Problem {
+    pub key: String,
+    pub message: String,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.key, self.message)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("{} problem(s) in {}:\n  {}", .problems.len(), .path.display(),
+        .problems.iter().map(|p| p.to_string()).collect::<Vec<_>>().join("\n  "))]
+    Invalid {
+        path: PathBuf,
+        problems: Vec<Problem>,
+    },
+}
+
+pub const ENV_PREFIX: &str = "RISKSTREAM_";
+
+impl Config {
+    /// Read, apply environment overrides, deserialize and validate.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        Self::load_with_env(path, std::env::vars())
+    }
+
+    pub fn load_with_env(
+        path: &Path,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        Self::parse(&text, base, env).map_err(|e| match e {
+            ParseFailure::Syntax(message) => ConfigError::Parse {
+                path: path.to_owned(),
+                message,
+            },
+            ParseFailure::Invalid(problems) => ConfigError::Invalid {
+                path: path.to_owned(),
+                problems,
+            },
+        })
+    }
+
+    /// Parse TOML text; relative paths resolve against `base` (the config's folder).
+    pub fn parse(
+        text: &str,
+        base: &Path,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Config, ParseFailure> {
+        let mut doc: toml::Table =
+            toml::from_str(text).map_err(|e| ParseFailure::Syntax(e.to_string()))?;
+        let mut problems = apply_env_overrides(&mut doc, env);
+        let mut config: Config = match doc.try_into() {
+            Ok(c) => c,
+            Err(e) => {
+                problems.push(Problem {
+                    key: "(file)".into(),
+                    message: e.to_string(),
+                });
+                return Err(ParseFailure::Invalid(problems));
+            }
+        };
+        if config.model.dir.is_relative() {
+            config.model.dir = base.join(&config.model.dir);
+        }
+        problems.extend(config.validate());
+        if problems.is_empty() {
+            Ok(config)
+        } else {
+            Err(ParseFailure::Invalid(problems))
+        }
+    }
+
+    /// Every semantic problem, each named by its key. Empty means valid.
+    pub fn validate(&self) -> Vec<Problem> {
+        let mut p = Vec::new();
+        let mut bad = |key: &str, message: String| {
+            p.push(Problem {
+                key: key.into(),
+                message,
+            })
+        };
+
+        if self.kafka.brokers.trim().is_empty() {
+            bad("kafka.brokers", "must name at least one broker".into());
+        }
+        for (key, topic) in [
+            ("kafka.transactions_topic", &self.kafka.transactions_topic),
+            ("kafka.labels_topic", &self.kafka.labels_topic),
+            ("kafka.dlq_topic", &self.kafka.dlq_topic),
+        ] {
+            if topic.is_empty()
+                || !topic
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
+            {
+                bad(key, format!("{topic:?} is not a valid Kafka topic name"));
+            }
+        }
+        if self.kafka.dlq_topic == self.kafka.transactions_topic {
+            bad(
+                "kafka.dlq_topic",
+                "must differ from kafka.transactions_topic".into(),
+            );
+        }
+        if self.kafka.partitions < 1 {
+            bad("kafka.partitions", "must be at least 1".into());
+        }
+        for key in self.kafka.properties.keys() {
+            if [
+                "enable.auto.commit",
+                "enable.auto.offset.store",
+                "group.id",
+                "bootstrap.servers",
+            ]
+            .contains(&key.as_str())
+            {
+                bad(
+                    &format!("kafka.properties.{key}"),
+                    "is managed by riskstream and cannot be overridden".into(),
+                );
+            }
+        }
+        if !self.postgres.url.expose().starts_with("postgres://")
+            && !self.postgres.url.expose().starts_with("postgresql://")
+        {
+            bad("postgres.url", "must be a postgres:// URL".into());
+        }
+        if self.postgres.max_connections < 2 {
+            bad("postgres.max_connections", "must be at least 2".into());
+        }
+        let pl = &self.pipeline;
+        if pl.batch_max_rows == 0 {
+            bad("pipeline.batch_max_rows", "must be at least 1".into());
+        }
+        if pl.channel_capacity_rows < pl.batch_max_rows {
+            bad(
+                "pipeline.channel_capacity_rows",
+                format!(
+                    "must be at least pipeline.batch_max_rows ({})",
+                    pl.batch_max_rows
+                ),
+            );
+        }
+        if pl.scoring_workers == 0 {
+            bad("pipeline.scoring_workers", "must be at least 1".into());
+        }
+        if !(0..=60).contains(&self.features.label_delay_days) {
+            bad(
+                "features.label_delay_days",
+                "must be between 0 and 60".into(),
+            );
+        }
+        if self.features.late_tolerance_secs < 0 {
+            bad(
+                "features.late_tolerance_secs",
+                "must not be negative".into(),
+            );
+        }
+        if self.model.max_batch == 0 {
+            bad("model.max_batch", "must be at least 1".into());
+        }
+        for file in ["model.onnx", "manifest.json"] {
+            let path = self.model.dir.join(file);
+            if !path.is_file() {
+                bad("model.dir", format!("{} does not exist", path.display()));
+            }
+        }
+        check_thresholds(
+            &mut bad,
+            "thresholds",
+            self.thresholds.review,
+            self.thresholds.decline,
+        );
+        for (channel, t) in &self.thresholds.channel {
+            let key = format!("thresholds.channel.{channel}");
+            if !["pos", "ecom", "atm"].contains(&channel.as_str()) {
+                bad(&key, "unknown channel (expected pos, ecom or atm)".into());
+            }
+            check_thresholds(&mut bad, &key, t.review, t.decline);
+        }
+        if !self.server.listen.is_empty()
+            && self.server.listen.parse::<std::net::SocketAddr>().is_err()
+        {
+            bad(
+                "server.listen",
+                format!(
+                    "{:?} is not an address like 127.0.0.1:9464",
+                    self.server.listen
+                ),
+            );
+        }
+        p
+    }
+}
+
+fn check_thresholds(bad: &mut impl FnMut(&str, String), key: &str, review: f32, decline: f32) {
+    for (name, v) in [("review", review), ("decline", decline)] {
+        if !(0.0..=1.0).contains(&v) {
+            bad(
+                &format!("{key}.{name}"),
+                format!("must be within [0, 1], got {v}"),
+            );
+        }
+    }
+    if review > decline {
+        bad(
+            &format!("{key}.review"),
+            format!("review ({review}) is above decline ({decline})"),
+        );
+    }
+}
+
+#[derive(Debug)]
+pub enum ParseFailure {
+    Syntax(String),
+    Invalid(Vec<Problem>),
+}
+
+/// `RISKSTREAM_SECTION__KEY=value` sets `section.key`. Values are parsed as
+/// TOML scalars when they can be (`8`, `0.7`, `true`), otherwise taken as strings.
+fn apply_env_overrides(
+    doc: &mut toml::Table,
+    env: impl IntoIterator<Item = (String, String)>,
+) -> Vec<Problem> {
+    let mut problems = Vec::new();
+    let mut vars: Vec<(String, String)> = env
+        .into_iter()
+        .filter(|(k, _)| k.starts_with(ENV_PREFIX))
+        .collect();
+    vars.sort();
+    for (name, value) in vars {
+        let path: Vec<String> = name[ENV_PREFIX.len()..]
+            .split("__")
+            .map(|s| s.to_ascii_lowercase())
+            .collect();
+        if path.len() < 2 || path.iter().any(|s| s.is_empty()) {
+            // Not an override (e.g. RISKSTREAM_CONFIG): ignore.
+            continue;
+        }
+        let parsed = toml::from_str::<toml::Table>(&format!("v = {value}"))
+            .ok()
+            .and_then(|mut t| t.remove("v"))
+            .filter(|v| !v.is_table() && !v.is_array())
+            .unwrap_or(toml::Value::String(value));
+        if let Err(message) = set_path(doc, &path, parsed) {
+            problems.push(Problem {
+                key: name.clone(),
+                message,
+            });
+        }
+    }
+    problems
+}
+
+fn set_path(table: &mut toml::Table, path: &[String], value: toml::Value) -> Result<(), String> {
+    let (last, sections) = path.split_last().expect("at least two parts");
+    let mut table = table;
+    for part in sections {
+        let entry = table
+            .entry(part.clone())
+            .or_insert_with(|| toml::Value::Table(Default::default()));
+        table = entry
+            .as_table_mut()
+            .ok_or_else(|| format!("{part} is not a section"))?;
+    }
+    table.insert(last.clone(), value);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn model_dir() -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("model.onnx"), b"x").unwrap();
+        std::fs::write(dir.path().join("manifest.json"), b"{}").unwrap();
+        dir
+    }
+
+    fn sample(model: &Path) -> String {
+        format!(
+            r#"
+[kafka]
+brokers = "127.0.0.1:9092"
+[postgres]
+url = "postgres://u:hunter2@localhost/db"
+[model]
+dir = "{}"
+[thresholds]
+review = 0.5
+decline = 0.9
+[thresholds.channel.ecom]
+review = 0.4
+decline = 0.8
+"#,
+            model.display()
+        )
+    }
+
+    fn no_env() -> Vec<(String, String)> {
+        vec![]
+    }
+
+    #[test]
+    fn a_valid_config_parses_with_defaults() {
+        let dir = model_dir();
+        let c = Config::parse(&sample(dir.path()), Path::new("."), no_env()).unwrap();
+        assert_eq!(c.kafka.group_id, "riskstream");
+        assert_eq!(c.thresholds.channel["ecom"].review, 0.4);
+        assert!(
+            !format!("{c:?}").contains("hunter2"),
+            "secrets must not be printed"
+        );
+    }
+
+    #[test]
+    fn every_problem_is_named_by_key() {
+        let text = r#"
+[kafka]
+brokers = ""
+[postgres]
+url = "mysql://x"
+[pipeline]
+batch_max_rows = 0
+batch_max_wait_ms = 10
+channel_capacity_rows = 10
+scoring_workers = 0
+state_wait_ms = 1
+shutdown_deadline_ms = 1
+[model]
+dir = "/nonexistent/model"
+[thresholds]
+review = 0.95
+decline = 0.9
+[thresholds.channel.moon]
+review = 0.1
+decline = 1.5
+"#;
+        let Err(ParseFailure::Invalid(problems)) = Config::parse(text, Path::new("."), no_env())
+        else {
+            panic!("must be invalid")
+        };
+        let keys: Vec<&str> = problems.iter().map(|p| p.key.as_str()).collect();
+        for want in [
+            "kafka.brokers",
+            "postgres.url",
+            "pipeline.batch_max_rows",
+            "pipeline.scoring_workers",
+            "model.dir",
+            "thresholds.review",
+            "thresholds.channel.moon",
+            "thresholds.channel.moon.decline",
+        ] {
+            assert!(keys.contains(&want), "missing {want} in {keys:?}");
+        }
+    }
+
+    #[test]
+    fn unknown_keys_are_rejected() {
+        let dir = model_dir();
+        let text = sample(dir.path()).replace("[postgres]", "[postgres]\npool_size = 3");
+        let Err(ParseFailure::Invalid(p)) = Config::parse(&text, Path::new("."), no_env()) else {
+            panic!()
+        };
+        assert!(p[0].message.contains("pool_size"), "{p:?}");
+    }
+
+    #[test]
+    fn environment_overrides_apply_and_are_validated() {
+        let dir = model_dir();
+        let env = vec![
+            (
+                "RISKSTREAM_THRESHOLDS__DECLINE".to_string(),
+                "0.95".to_string(),
+            ),
+            (
+                "RISKSTREAM_KAFKA__BROKERS".to_string(),
+                "broker:1".to_string(),
+            ),
+            ("RISKSTREAM_CONFIG".to_string(), "ignored".to_string()),
+        ];
+        let c = Config::parse(&sample(dir.path()), Path::new("."), env).unwrap();
+        assert_eq!(c.thresholds.decline, 0.95);
+        assert_eq!(c.kafka.brokers, "broker:1");
+
+        let env = vec![(
+            "RISKSTREAM_THRESHOLDS__REVIEW".to_string(),
+            "0.99".to_string(),
+        )];
+        let Err(ParseFailure::Invalid(p)) = Config::parse(&sample(dir.path()), Path::new("."), env)
+        else {
+            panic!()
+        };
+        assert_eq!(p[0].key, "thresholds.review");
+    }
+}

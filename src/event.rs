@@ -1,0 +1,239 @@
+//! The wire events: card transactions and fraud labels, as JSON on Kafka.
+//!
+//! This module owns the schema and its validation. Decoding never panics and
+//! never allocates more than the input: a record that does not decode or
+//! validate becomes a [`DecodeError`] whose text is the dead-letter reason.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+/// One card transaction (`transactions` topic, key = `card_id`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Transaction {
+    pub tx_id: String,
+    pub ts: DateTime<Utc>,
+    pub card_id: String,
+    pub terminal_id: String,
+    pub amount: f64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub currency: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mcc: Option<i32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub channel: Option<Channel>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub country: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Channel {
+    Pos,
+    Ecom,
+    Atm,
+}
+
+impl Channel {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Channel::Pos => "pos",
+            Channel::Ecom => "ecom",
+            Channel::Atm => "atm",
+        }
+    }
+}
+
+/// A confirmed fraud or chargeback report (`labels` topic), arriving days later.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Label {
+    pub tx_id: String,
+    pub is_fraud: bool,
+    pub reported_at: DateTime<Utc>,
+}
+
+/// Why a record was rejected; the `Display` text is stored as the dead-letter reason.
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum DecodeError {
+    #[error("empty value")]
+    Empty,
+    #[error("value too large: {0} bytes (limit {1})")]
+    TooLarge(usize, usize),
+    #[error("invalid JSON: {0}")]
+    Json(String),
+    #[error("invalid field `{field}`: {reason}")]
+    Field { field: &'static str, reason: String },
+}
+
+/// Largest record accepted; anything larger is dead-lettered without parsing.
+pub const MAX_RECORD_BYTES: usize = 64 * 1024;
+
+fn field(field: &'static str, reason: impl Into<String>) -> DecodeError {
+    DecodeError::Field {
+        field,
+        reason: reason.into(),
+    }
+}
+
+fn check_len(bytes: &[u8]) -> Result<(), DecodeError> {
+    if bytes.is_empty() {
+        return Err(DecodeError::Empty);
+    }
+    if bytes.len() > MAX_RECORD_BYTES {
+        return Err(DecodeError::TooLarge(bytes.len(), MAX_RECORD_BYTES));
+    }
+    Ok(())
+}
+
+fn check_id(name: &'static str, v: &str) -> Result<(), DecodeError> {
+    if v.trim().is_empty() {
+        return Err(field(name, "must not be empty"));
+    }
+    if v.len() > 128 {
+        return Err(field(name, "longer than 128 bytes"));
+    }
+    Ok(())
+}
+
+impl Transaction {
+    /// Decode and validate one `transactions` record.
+    pub fn decode(bytes: &[u8]) -> Result<Transaction, DecodeError> {
+        check_len(bytes)?;
+        let tx: Transaction =
+            serde_json::from_slice(bytes).map_err(|e| DecodeError::Json(e.to_string()))?;
+        tx.validate()?;
+        Ok(tx)
+    }
+
+    pub fn validate(&self) -> Result<(), DecodeError> {
+        check_id("tx_id", &self.tx_id)?;
+        check_id("card_id", &self.card_id)?;
+        check_id("terminal_id", &self.terminal_id)?;
+        if !self.amount.is_finite() || self.amount <= 0.0 {
+            return Err(field(
+                "amount",
+                format!("must be a positive number, got {}", self.amount),
+            ));
+        }
+        if self.amount > 1e9 {
+            return Err(field(
+                "amount",
+                format!("implausibly large: {}", self.amount),
+            ));
+        }
+        if let Some(c) = &self.currency {
+            if c.len() != 3 || !c.bytes().all(|b| b.is_ascii_uppercase()) {
+                return Err(field("currency", format!("not an ISO 4217 code: {c:?}")));
+            }
+        }
+        if let Some(c) = &self.country {
+            if c.len() != 2 || !c.bytes().all(|b| b.is_ascii_uppercase()) {
+                return Err(field(
+                    "country",
+                    format!("not an ISO 3166 alpha-2 code: {c:?}"),
+                ));
+            }
+        }
+        if let Some(m) = self.mcc {
+            if !(0..=9999).contains(&m) {
+                return Err(field(
+                    "mcc",
+                    format!("not a 4-digit merchant category code: {m}"),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    pub fn encode(&self) -> Vec<u8> {
+        serde_json::to_vec(self).expect("a Transaction always serializes")
+    }
+}
+
+impl Label {
+    pub fn decode(bytes: &[u8]) -> Result<Label, DecodeError> {
+        check_len(bytes)?;
+        let l: Label =
+            serde_json::from_slice(bytes).map_err(|e| DecodeError::Json(e.to_string()))?;
+        check_id("tx_id", &l.tx_id)?;
+        Ok(l)
+    }
+
+    pub fn encode(&self) -> Vec<u8> {
+        serde_json::to_vec(self).expect("a Label always serializes")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    const GOOD: &str = r#"{"tx_id":"t1","ts":"2026-01-01T10:00:00Z","card_id":"c1","terminal_id":"m1","amount":12.5,"currency":"EUR","mcc":5411,"channel":"pos","country":"FR","extra":1}"#;
+
+    #[test]
+    fn decodes_a_valid_transaction_and_ignores_unknown_fields() {
+        let tx = Transaction::decode(GOOD.as_bytes()).unwrap();
+        assert_eq!(tx.card_id, "c1");
+        assert_eq!(tx.channel, Some(Channel::Pos));
+        assert_eq!(Transaction::decode(&tx.encode()).unwrap(), tx);
+    }
+
+    #[test]
+    fn rejects_bad_records_with_a_named_reason() {
+        let cases: &[(&str, &str)] = &[
+            ("", "empty value"),
+            ("{not json", "invalid JSON"),
+            (
+                r#"{"tx_id":"t","ts":"2026-01-01T00:00:00Z","card_id":"c","amount":1}"#,
+                "terminal_id",
+            ),
+            (
+                r#"{"tx_id":"t","ts":"2026-01-01T00:00:00Z","card_id":"c","terminal_id":"m","amount":-3}"#,
+                "amount",
+            ),
+            (
+                r#"{"tx_id":"t","ts":"2026-01-01T00:00:00Z","card_id":"c","terminal_id":"m","amount":"ten"}"#,
+                "invalid JSON",
+            ),
+            (
+                r#"{"tx_id":"t","ts":"yesterday","card_id":"c","terminal_id":"m","amount":1}"#,
+                "invalid JSON",
+            ),
+            (
+                r#"{"tx_id":"","ts":"2026-01-01T00:00:00Z","card_id":"c","terminal_id":"m","amount":1}"#,
+                "tx_id",
+            ),
+        ];
+        for (input, want) in cases {
+            let err = Transaction::decode(input.as_bytes())
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains(want),
+                "{input:?}: {err:?} should mention {want:?}"
+            );
+        }
+        let big = vec![b'x'; MAX_RECORD_BYTES + 1];
+        assert!(matches!(
+            Transaction::decode(&big),
+            Err(DecodeError::TooLarge(..))
+        ));
+    }
+
+    proptest! {
+        #[test]
+        fn decode_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+            let _ = Transaction::decode(&bytes);
+            let _ = Label::decode(&bytes);
+        }
+
+        #[test]
+        fn valid_transactions_round_trip(amount in 0.01f64..1e6, secs in 0i64..4_000_000_000) {
+            let tx = Transaction {
+                tx_id: "t".into(), ts: DateTime::from_timestamp(secs, 0).unwrap(), card_id: "c".into(),
+                terminal_id: "m".into(), amount, currency: None, mcc: None, channel: Some(Channel::Ecom), country: None,
+            };
+            prop_assert_eq!(Transaction::decode(&tx.encode()).unwrap(), tx);
+        }
+    }
+}

@@ -1,0 +1,116 @@
+//! Per-card memory: the card's recent transactions, enough to compute every
+//! card window and the history sequence for the next transaction.
+//!
+//! The state only ever contains transactions the engine has featurized, in
+//! partition order; after a restart it is rebuilt from `risk_decisions`, which
+//! holds exactly the committed ones, so both paths give the same features.
+
+use super::{CARD_WINDOW_DAYS, HISTORY_LEN, MS_PER_DAY};
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+
+/// What the featurizer remembers of one past transaction of a card.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PastTx {
+    pub tx_id: Arc<str>,
+    pub ts_ms: i64,
+    pub amount: f64,
+    pub terminal_id: Arc<str>,
+    pub country: Option<Arc<str>>,
+    pub ecom: bool,
+}
+
+/// How far back a card's transactions are kept: the longest window plus one
+/// day of slack for slightly late events.
+pub const RETENTION_MS: i64 = (CARD_WINDOW_DAYS[2] + 1) * MS_PER_DAY;
+
+#[derive(Debug, Default)]
+pub struct CardState {
+    cards: HashMap<String, VecDeque<PastTx>>,
+}
+
+impl CardState {
+    pub fn contains(&self, card_id: &str) -> bool {
+        self.cards.contains_key(card_id)
+    }
+
+    /// Install a card's history loaded from storage (sorted by time).
+    pub fn load(&mut self, card_id: String, mut txs: Vec<PastTx>) {
+        txs.sort_by_key(|t| t.ts_ms);
+        self.cards.insert(card_id, txs.into());
+    }
+
+    /// The card's remembered transactions, oldest first.
+    pub fn history(&self, card_id: &str) -> impl Iterator<Item = &PastTx> {
+        self.cards.get(card_id).into_iter().flatten()
+    }
+
+    /// Remember a featurized transaction, keeping time order, and forget what
+    /// no window can reach any more.
+    pub fn push(&mut self, card_id: &str, tx: PastTx) {
+        let txs = self.cards.entry(card_id.to_owned()).or_default();
+        let at = txs
+            .iter()
+            .rposition(|t| t.ts_ms <= tx.ts_ms)
+            .map_or(0, |i| i + 1);
+        txs.insert(at, tx);
+        let newest = txs.back().map_or(i64::MIN, |t| t.ts_ms);
+        // Keep at least HISTORY_LEN entries for the sequence, whatever their age.
+        while txs.len() > HISTORY_LEN
+            && txs.front().is_some_and(|t| t.ts_ms < newest - RETENTION_MS)
+        {
+            txs.pop_front();
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.cards.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.cards.is_empty()
+    }
+
+    /// Drop everything (on partition revocation: the next owner may change it).
+    pub fn clear(&mut self) {
+        self.cards.clear();
+    }
+
+    /// Forget cards idle since before `before_ms`; they reload from storage if seen again.
+    pub fn evict_idle(&mut self, before_ms: i64) {
+        self.cards
+            .retain(|_, txs| txs.back().is_some_and(|t| t.ts_ms >= before_ms));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tx(id: &str, ts_ms: i64) -> PastTx {
+        PastTx {
+            tx_id: id.into(),
+            ts_ms,
+            amount: 1.0,
+            terminal_id: "t".into(),
+            country: None,
+            ecom: false,
+        }
+    }
+
+    #[test]
+    fn keeps_time_order_and_forgets_only_what_no_window_needs() {
+        let mut s = CardState::default();
+        s.push("c", tx("b", 2_000));
+        s.push("c", tx("a", 1_000)); // late event goes before
+        let ids: Vec<_> = s.history("c").map(|t| t.tx_id.to_string()).collect();
+        assert_eq!(ids, ["a", "b"]);
+        for i in 0..40 {
+            s.push("c", tx(&format!("x{i}"), 10 * MS_PER_DAY + i * MS_PER_DAY));
+        }
+        let kept: Vec<_> = s.history("c").collect();
+        let newest = kept.last().unwrap().ts_ms;
+        assert!(kept.iter().all(|t| t.ts_ms >= newest - RETENTION_MS));
+        assert!(kept.len() >= HISTORY_LEN);
+    }
+}

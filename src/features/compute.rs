@@ -1,0 +1,334 @@
+//! The featurizer proper: one function from a batch and the state to model inputs.
+
+use super::card::{CardState, PastTx};
+use super::terminal::TerminalStats;
+use super::{
+    day_of, FeatureBatch, CARD_WINDOW_DAYS, HISTORY_FIELD_COUNT, HISTORY_LEN, MS_PER_DAY,
+    NUM_FEATURES,
+};
+use crate::event::{Channel, Transaction};
+use chrono::{Datelike, Timelike};
+use polars::prelude::*;
+use std::collections::HashMap;
+use std::sync::Arc;
+
+const MS_PER_HOUR: i64 = 3_600_000;
+/// Used as "time since the previous transaction" for a card's first one.
+const NO_PREVIOUS_SECS: f64 = 30.0 * 86_400.0;
+/// The short card window catching card-testing bursts.
+const BURST_WINDOW: &str = "10m";
+
+/// Featurize `batch` (in partition order), then remember its transactions in
+/// `cards`. Rows of the result follow `batch`.
+///
+/// Card windows are computed by polars over integer cents, so sums are exact
+/// and a value never depends on which rows a batch happened to contain.
+pub fn featurize(
+    batch: &[Transaction],
+    cards: &mut CardState,
+    terminals: &TerminalStats,
+    label_delay_days: i64,
+) -> PolarsResult<FeatureBatch> {
+    let n = batch.len();
+    let windows = card_windows(batch, cards)?;
+    let mut out = FeatureBatch {
+        rows: n,
+        features: vec![0.0; n * NUM_FEATURES],
+        history: vec![0.0; n * HISTORY_LEN * HISTORY_FIELD_COUNT],
+        history_mask: vec![0.0; n * HISTORY_LEN],
+        history_tx_ids: Vec::with_capacity(n),
+    };
+    for (i, tx) in batch.iter().enumerate() {
+        let ts_ms = tx.ts.timestamp_millis();
+        let ecom = tx.channel == Some(Channel::Ecom);
+        let f = &mut out.features[i * NUM_FEATURES..(i + 1) * NUM_FEATURES];
+        f[0] = (tx.amount.ln_1p()) as f32;
+        for (w, (count, cents)) in windows.card[i].iter().enumerate() {
+            f[1 + 2 * w] = *count as f32;
+            f[2 + 2 * w] = if *count == 0 {
+                0.0
+            } else {
+                (*cents as f64 / *count as f64 / 100.0) as f32
+            };
+        }
+        for (w, (count, risk)) in terminals
+            .windows(&tx.terminal_id, day_of(ts_ms), label_delay_days)
+            .iter()
+            .enumerate()
+        {
+            f[7 + 2 * w] = *count;
+            f[8 + 2 * w] = *risk;
+        }
+        f[13] = (tx.ts.hour() < 6) as u8 as f32;
+        f[14] = (tx.ts.weekday().number_from_monday() >= 6) as u8 as f32;
+        f[15] = ecom as u8 as f32;
+        let avg_30d = f[6];
+        f[16] = if avg_30d > 0.0 {
+            (tx.amount / avg_30d as f64) as f32
+        } else {
+            1.0
+        };
+        f[17] = windows.burst[i] as f32;
+
+        // Everything below looks at the card's past in event time, as of this row.
+        let past: Vec<&PastTx> = cards
+            .history(&tx.card_id)
+            .filter(|p| p.ts_ms <= ts_ms)
+            .collect();
+        let prev = past.last();
+        let gap_secs = prev.map_or(NO_PREVIOUS_SECS, |p| (ts_ms - p.ts_ms) as f64 / 1000.0);
+        f[18] = gap_secs.ln_1p() as f32;
+        f[19] = prev.is_some_and(|p| {
+            ts_ms - p.ts_ms <= MS_PER_HOUR
+                && matches!((&p.country, &tx.country), (Some(a), Some(b)) if a.as_ref() != b.as_str())
+        }) as u8 as f32;
+
+        let mut ids = Vec::with_capacity(HISTORY_LEN.min(past.len()));
+        for (pos, p) in past.iter().rev().take(HISTORY_LEN).enumerate() {
+            let h = &mut out.history[(i * HISTORY_LEN + pos) * HISTORY_FIELD_COUNT..]
+                [..HISTORY_FIELD_COUNT];
+            h[0] = p.amount.ln_1p() as f32;
+            h[1] = (((ts_ms - p.ts_ms) as f64) / 1000.0).ln_1p() as f32;
+            h[2] = (p.terminal_id.as_ref() == tx.terminal_id) as u8 as f32;
+            h[3] = (p.country.as_deref() == tx.country.as_deref()) as u8 as f32;
+            h[4] = p.ecom as u8 as f32;
+            h[5] = (p.ts_ms.rem_euclid(MS_PER_DAY) as f64 / MS_PER_DAY as f64) as f32;
+            out.history_mask[i * HISTORY_LEN + pos] = 1.0;
+            ids.push(p.tx_id.to_string());
+        }
+        out.history_tx_ids.push(ids);
+        cards.push(&tx.card_id, past_tx(tx));
+    }
+    Ok(out)
+}
+
+/// The card's memory of a featurized transaction.
+pub fn past_tx(tx: &Transaction) -> PastTx {
+    PastTx {
+        tx_id: Arc::from(tx.tx_id.as_str()),
+        ts_ms: tx.ts.timestamp_millis(),
+        amount: tx.amount,
+        terminal_id: Arc::from(tx.terminal_id.as_str()),
+        country: tx.country.as_deref().map(Arc::from),
+        ecom: tx.channel == Some(Channel::Ecom),
+    }
+}
+
+fn cents(amount: f64) -> i64 {
+    (amount * 100.0).round() as i64
+}
+
+struct CardWindows {
+    /// Per batch row, `(count, sum of cents)` for each of CARD_WINDOW_DAYS.
+    card: Vec<[(i64, i64); 3]>,
+    /// Per batch row, the card's transactions in the burst window.
+    burst: Vec<i64>,
+}
+
+/// Rolling card windows (closed on both ends, so the current transaction
+/// counts) over each card's remembered transactions plus the batch.
+fn card_windows(batch: &[Transaction], cards: &CardState) -> PolarsResult<CardWindows> {
+    // One integer per card keeps the frame small; rows sorted by (card, time)
+    // let polars roll each card's group in one pass.
+    let mut card_ix: HashMap<&str, u32> = HashMap::with_capacity(batch.len());
+    for tx in batch {
+        let next = card_ix.len() as u32;
+        card_ix.entry(tx.card_id.as_str()).or_insert(next);
+    }
+    // (card, ts_ms, order, cents, batch row or -1)
+    let mut rows: Vec<(u32, i64, u32, i64, i64)> = Vec::with_capacity(batch.len() * 8);
+    for (card, &ix) in &card_ix {
+        for (order, p) in cards.history(card).enumerate() {
+            rows.push((ix, p.ts_ms, order as u32, cents(p.amount), -1));
+        }
+    }
+    for (i, tx) in batch.iter().enumerate() {
+        rows.push((
+            card_ix[tx.card_id.as_str()],
+            tx.ts.timestamp_millis(),
+            u32::MAX / 2 + i as u32,
+            cents(tx.amount),
+            i as i64,
+        ));
+    }
+    rows.sort_unstable_by_key(|r| (r.0, r.1, r.2));
+
+    let df = DataFrame::new_infer_height(vec![
+        Column::new("card".into(), rows.iter().map(|r| r.0).collect::<Vec<_>>()),
+        Column::new("ts".into(), rows.iter().map(|r| r.1).collect::<Vec<_>>())
+            .cast(&DataType::Datetime(TimeUnit::Milliseconds, None))?,
+        Column::new("cents".into(), rows.iter().map(|r| r.3).collect::<Vec<_>>()),
+        Column::new("one".into(), vec![1i64; rows.len()]),
+        Column::new("row".into(), rows.iter().map(|r| r.4).collect::<Vec<_>>()),
+    ])?;
+    let window = |size: &str| RollingOptionsDynamicWindow {
+        window_size: Duration::parse(size),
+        min_periods: 1,
+        closed_window: ClosedWindow::Both,
+        fn_params: None,
+    };
+    let mut exprs = Vec::new();
+    for days in CARD_WINDOW_DAYS {
+        let size = format!("{days}d");
+        exprs.push(
+            col("one")
+                .rolling_sum_by(col("ts"), window(&size))
+                .over([col("card")])?
+                .alias(format!("n{days}")),
+        );
+        exprs.push(
+            col("cents")
+                .rolling_sum_by(col("ts"), window(&size))
+                .over([col("card")])?
+                .alias(format!("s{days}")),
+        );
+    }
+    exprs.push(
+        col("one")
+            .rolling_sum_by(col("ts"), window(BURST_WINDOW))
+            .over([col("card")])?
+            .alias("burst"),
+    );
+    let out = df
+        .lazy()
+        .with_columns(exprs)
+        .filter(col("row").gt_eq(lit(0i64)))
+        .collect()?;
+
+    let row = out.column("row")?.i64()?;
+    let get = |name: &str| -> PolarsResult<Vec<i64>> {
+        Ok(out
+            .column(name)?
+            .i64()?
+            .iter()
+            .map(|v| v.unwrap_or(0))
+            .collect())
+    };
+    let (n1, s1, n7, s7, n30, s30, burst) = (
+        get("n1")?,
+        get("s1")?,
+        get("n7")?,
+        get("s7")?,
+        get("n30")?,
+        get("s30")?,
+        get("burst")?,
+    );
+    let mut result = CardWindows {
+        card: vec![[(0, 0); 3]; batch.len()],
+        burst: vec![0; batch.len()],
+    };
+    for (k, r) in row.iter().enumerate() {
+        let r = r.expect("filtered to batch rows") as usize;
+        result.card[r] = [(n1[k], s1[k]), (n7[k], s7[k]), (n30[k], s30[k])];
+        result.burst[r] = burst[k];
+    }
+    Ok(result)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::features::FEATURE_NAMES;
+    use chrono::{TimeZone, Utc};
+
+    fn tx(id: &str, card: &str, term: &str, secs: i64, amount: f64, country: &str) -> Transaction {
+        Transaction {
+            tx_id: id.into(),
+            ts: Utc.timestamp_opt(1_767_225_600 + secs, 0).unwrap(), // 2026-01-01T00:00Z, a Thursday
+            card_id: card.into(),
+            terminal_id: term.into(),
+            amount,
+            currency: None,
+            mcc: None,
+            channel: Some(Channel::Pos),
+            country: Some(country.into()),
+        }
+    }
+
+    fn feature(b: &FeatureBatch, row: usize, name: &str) -> f32 {
+        b.row_features(row)[FEATURE_NAMES.iter().position(|n| *n == name).unwrap()]
+    }
+
+    const H: i64 = 3600;
+
+    #[test]
+    fn card_windows_include_the_current_transaction_and_span_batches() {
+        let mut cards = CardState::default();
+        let terms = TerminalStats::default();
+        let first = vec![
+            tx("a", "c1", "t", 10 * H, 10.0, "FR"),
+            tx("b", "c2", "t", 10 * H, 99.0, "FR"),
+        ];
+        let b1 = featurize(&first, &mut cards, &terms, 7).unwrap();
+        assert_eq!(feature(&b1, 0, "card_count_1d"), 1.0);
+        assert_eq!(feature(&b1, 0, "card_avg_amount_1d"), 10.0);
+        assert_eq!(b1.history_mask[..HISTORY_LEN].iter().sum::<f32>(), 0.0);
+
+        // Next batch: c1 again 2 h later (abroad), and 3 days later.
+        let second = vec![
+            tx("c", "c1", "u", 12 * H, 30.0, "US"),
+            tx("d", "c1", "t", 84 * H, 50.0, "FR"),
+        ];
+        let b2 = featurize(&second, &mut cards, &terms, 7).unwrap();
+        assert_eq!(feature(&b2, 0, "card_count_1d"), 2.0);
+        assert_eq!(feature(&b2, 0, "card_avg_amount_1d"), 20.0);
+        assert_eq!(
+            feature(&b2, 0, "country_change_1h"),
+            0.0,
+            "2 h apart is not within 1 h"
+        );
+        assert_eq!(feature(&b2, 1, "card_count_1d"), 1.0);
+        assert_eq!(feature(&b2, 1, "card_count_7d"), 3.0);
+        assert_eq!(feature(&b2, 1, "card_avg_amount_7d"), 30.0);
+        assert_eq!(b2.history_tx_ids[1], ["c", "a"], "most recent first");
+        assert_eq!(
+            feature(&b2, 1, "secs_since_prev_log"),
+            ((72 * H) as f64).ln_1p() as f32
+        );
+    }
+
+    #[test]
+    fn bursts_and_impossible_travel_are_visible() {
+        let mut cards = CardState::default();
+        let terms = TerminalStats::default();
+        let mut batch: Vec<_> = (0..5)
+            .map(|i| tx(&format!("b{i}"), "c", "e", 1000 + i * 60, 1.0, "FR"))
+            .collect();
+        batch.push(tx("far", "c", "x", 1000 + 30 * 60, 500.0, "TH"));
+        let b = featurize(&batch, &mut cards, &terms, 7).unwrap();
+        assert_eq!(feature(&b, 4, "card_count_10m"), 5.0);
+        assert_eq!(feature(&b, 5, "country_change_1h"), 1.0);
+        assert_eq!(feature(&b, 5, "is_night"), 1.0);
+        assert_eq!(feature(&b, 0, "is_weekend"), 0.0);
+    }
+
+    #[test]
+    fn batch_boundaries_do_not_change_features() {
+        let txs: Vec<_> = (0..200)
+            .map(|i| {
+                tx(
+                    &format!("t{i}"),
+                    &format!("c{}", i % 7),
+                    &format!("m{}", i % 3),
+                    i * 1800,
+                    1.0 + (i % 13) as f64 * 7.31,
+                    "FR",
+                )
+            })
+            .collect();
+        let terms = TerminalStats::default();
+        let whole = featurize(&txs, &mut CardState::default(), &terms, 7).unwrap();
+        let mut cards = CardState::default();
+        let mut pieces = FeatureBatch::default();
+        for chunk in txs.chunks(17) {
+            let b = featurize(chunk, &mut cards, &terms, 7).unwrap();
+            pieces.features.extend(b.features);
+            pieces.history.extend(b.history);
+            pieces.history_mask.extend(b.history_mask);
+            pieces.history_tx_ids.extend(b.history_tx_ids);
+        }
+        assert_eq!(whole.features, pieces.features);
+        assert_eq!(whole.history, pieces.history);
+        assert_eq!(whole.history_tx_ids, pieces.history_tx_ids);
+    }
+}

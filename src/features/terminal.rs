@@ -1,0 +1,153 @@
+//! Per-terminal statistics over *closed* days: transaction counts and known
+//! frauds, shared by every card (and so by every partition and instance).
+//!
+//! A transaction on day D counts the terminal's transactions on days
+//! `[D - delay - w, D - delay)` and, among them, the frauds whose label was
+//! reported before day D began. Both inputs are complete only once every
+//! partition has been processed past day `D - delay` and the labels stream
+//! past day D; the caller loads days only then (see `sink::watermark`), so
+//! the values are the same in every run, whatever the arrival order.
+
+use super::TERMINAL_WINDOW_DAYS;
+use std::collections::{BTreeMap, HashMap};
+
+/// A confirmed fraud on a terminal: the day of the transaction and the day
+/// its label was reported.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FraudReport {
+    pub tx_day: i64,
+    pub reported_day: i64,
+}
+
+#[derive(Debug, Default)]
+pub struct TerminalStats {
+    /// terminal → day → transactions that day. Only closed days are present.
+    counts: HashMap<String, BTreeMap<i64, u32>>,
+    /// terminal → frauds, for the tx-day range in `frauds_range`.
+    frauds: HashMap<String, Vec<FraudReport>>,
+    /// Days `< counts_until` are loaded (closed); `None` before the first load.
+    counts_from: Option<i64>,
+    counts_until: Option<i64>,
+    /// The label view: tx days `[.0, .1)`, reports before day `.2`.
+    frauds_range: Option<(i64, i64, i64)>,
+}
+
+impl TerminalStats {
+    /// Days whose transaction counts are loaded: `[from, until)`.
+    pub fn counts_range(&self) -> Option<(i64, i64)> {
+        Some((self.counts_from?, self.counts_until?))
+    }
+
+    pub fn frauds_range(&self) -> Option<(i64, i64, i64)> {
+        self.frauds_range
+    }
+
+    /// Record the counts of the closed days `[from, until)`; `rows` holds
+    /// `(terminal, day, count)` for days with transactions.
+    pub fn add_closed_days(
+        &mut self,
+        from: i64,
+        until: i64,
+        rows: impl IntoIterator<Item = (String, i64, u32)>,
+    ) {
+        for (terminal, day, n) in rows {
+            debug_assert!((from..until).contains(&day));
+            *self
+                .counts
+                .entry(terminal)
+                .or_default()
+                .entry(day)
+                .or_default() += n;
+        }
+        self.counts_from = Some(self.counts_from.map_or(from, |f| f.min(from)));
+        self.counts_until = Some(self.counts_until.map_or(until, |u| u.max(until)));
+    }
+
+    /// Replace the fraud view: frauds on tx days `[from, until)` reported
+    /// before day `reported_before`.
+    pub fn set_frauds(
+        &mut self,
+        from: i64,
+        until: i64,
+        reported_before: i64,
+        rows: impl IntoIterator<Item = (String, FraudReport)>,
+    ) {
+        self.frauds.clear();
+        for (terminal, f) in rows {
+            self.frauds.entry(terminal).or_default().push(f);
+        }
+        self.frauds_range = Some((from, until, reported_before));
+    }
+
+    /// Forget days no window of a transaction on `oldest_day` or later can reach.
+    pub fn evict_before(&mut self, day: i64) {
+        for days in self.counts.values_mut() {
+            days.retain(|d, _| *d >= day);
+        }
+        self.counts.retain(|_, days| !days.is_empty());
+        if let Some(f) = self.counts_from.as_mut() {
+            *f = (*f).max(day);
+        }
+    }
+
+    /// `(count, risk)` for each terminal window of a transaction on `day`.
+    pub fn windows(&self, terminal: &str, day: i64, delay: i64) -> [(f32, f32); 3] {
+        let counts = self.counts.get(terminal);
+        let frauds = self.frauds.get(terminal);
+        TERMINAL_WINDOW_DAYS.map(|w| {
+            let (from, until) = (day - delay - w, day - delay);
+            let n: u32 = counts.map_or(0, |c| c.range(from..until).map(|(_, n)| n).sum());
+            let bad = frauds.map_or(0, |fs| {
+                fs.iter()
+                    .filter(|f| (from..until).contains(&f.tx_day) && f.reported_day < day)
+                    .count()
+            });
+            let risk = if n == 0 { 0.0 } else { bad as f32 / n as f32 };
+            (n as f32, risk)
+        })
+    }
+}
+
+/// The tx days a transaction on `day` reads, for `delay`: `[day - delay - 30, day - delay)`.
+pub fn needed_days(day: i64, delay: i64) -> (i64, i64) {
+    let longest = TERMINAL_WINDOW_DAYS[TERMINAL_WINDOW_DAYS.len() - 1];
+    (day - delay - longest, day - delay)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn windows_count_closed_days_and_only_labels_known_in_time() {
+        let mut s = TerminalStats::default();
+        // Terminal T: 10 tx on day 90, 5 on day 92; day 100 transactions read days < 93.
+        s.add_closed_days(60, 93, [("T".into(), 90, 10), ("T".into(), 92, 5)]);
+        s.set_frauds(
+            60,
+            93,
+            101,
+            [
+                (
+                    "T".into(),
+                    FraudReport {
+                        tx_day: 92,
+                        reported_day: 95,
+                    },
+                ),
+                (
+                    "T".into(),
+                    FraudReport {
+                        tx_day: 90,
+                        reported_day: 100,
+                    },
+                ), // reported on day 100: not yet known on day 100
+            ],
+        );
+        let w = s.windows("T", 100, 7);
+        assert_eq!(w[0], (5.0, 1.0 / 5.0)); // day 92 only
+        assert_eq!(w[1], (15.0, 1.0 / 15.0)); // days 86..93
+        assert_eq!(s.windows("T", 101, 7)[1], (15.0, 2.0 / 15.0));
+        assert_eq!(s.windows("unknown", 100, 7), [(0.0, 0.0); 3]);
+    }
+}

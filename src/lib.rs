@@ -1,0 +1,18 @@
+//! riskstream: a streaming financial risk engine.
+//!
+//! Kafka `transactions` → [`ingest`] → [`pipeline`] batches → [`features`]
+//! (polars) → [`scoring`] (ONNX Runtime) → [`decision`] → [`sink`] (one
+//! Postgres transaction per batch, offsets included). See `docs/ARCHITECTURE.md`.
+
+pub mod cli;
+pub mod config;
+pub mod decision;
+pub mod event;
+pub mod features;
+pub mod ingest;
+pub mod metrics;
+pub mod pipeline;
+pub mod scoring;
+pub mod serve;
+pub mod simulate;
+pub mod sink;

@@ -1,0 +1,130 @@
+//! Every metric the engine exports, in one place, in Prometheus format.
+//!
+//! Names are `riskstream_*`; stages record into these handles and nothing
+//! else registers metrics, so this file is the reference for dashboards.
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts,
+    Registry,
+};
+
+pub struct Metrics {
+    pub registry: Registry,
+    /// Records read from Kafka, by topic.
+    pub consumed: IntCounterVec,
+    /// Decisions committed to Postgres, by outcome.
+    pub decided: IntCounterVec,
+    /// Records dead-lettered, by stream.
+    pub dead_letters: IntCounterVec,
+    /// Labels committed.
+    pub labels: IntCounter,
+    /// Seconds per stage per batch (`featurize`, `score`, `sink`, `total`).
+    pub stage_seconds: HistogramVec,
+    /// Seconds per ONNX Runtime call.
+    pub model_seconds: Histogram,
+    /// Rows per committed batch.
+    pub batch_rows: Histogram,
+    /// Sink transactions retried after a transient Postgres error.
+    pub sink_retries: IntCounter,
+    /// Batches scored before the terminal/label watermark was reached.
+    pub incomplete_state: IntCounter,
+    /// Records read but not yet committed (consumed − committed).
+    pub in_flight: IntGauge,
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let registry = Registry::new();
+        let latency = || {
+            vec![
+                0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+            ]
+        };
+        let m = Metrics {
+            consumed: IntCounterVec::new(
+                Opts::new("riskstream_consumed_total", "Records read from Kafka"),
+                &["topic"],
+            )
+            .unwrap(),
+            decided: IntCounterVec::new(
+                Opts::new("riskstream_decisions_total", "Decisions committed"),
+                &["decision"],
+            )
+            .unwrap(),
+            dead_letters: IntCounterVec::new(
+                Opts::new("riskstream_dead_letters_total", "Records dead-lettered"),
+                &["stream"],
+            )
+            .unwrap(),
+            labels: IntCounter::new("riskstream_labels_total", "Labels committed").unwrap(),
+            stage_seconds: HistogramVec::new(
+                HistogramOpts::new("riskstream_stage_seconds", "Seconds per batch and stage")
+                    .buckets(latency()),
+                &["stage"],
+            )
+            .unwrap(),
+            model_seconds: Histogram::with_opts(
+                HistogramOpts::new("riskstream_model_seconds", "Seconds per ONNX Runtime batch")
+                    .buckets(latency()),
+            )
+            .unwrap(),
+            batch_rows: Histogram::with_opts(
+                HistogramOpts::new("riskstream_batch_rows", "Rows per batch")
+                    .buckets(vec![1.0, 10.0, 100.0, 500.0, 1000.0, 2000.0, 5000.0]),
+            )
+            .unwrap(),
+            sink_retries: IntCounter::new(
+                "riskstream_sink_retries_total",
+                "Sink transactions retried",
+            )
+            .unwrap(),
+            incomplete_state: IntCounter::new(
+                "riskstream_incomplete_state_batches_total",
+                "Batches scored before the watermark",
+            )
+            .unwrap(),
+            in_flight: IntGauge::new(
+                "riskstream_in_flight_records",
+                "Records read but not committed",
+            )
+            .unwrap(),
+            registry,
+        };
+        m.registry.register(Box::new(m.consumed.clone())).unwrap();
+        m.registry.register(Box::new(m.decided.clone())).unwrap();
+        m.registry
+            .register(Box::new(m.dead_letters.clone()))
+            .unwrap();
+        m.registry.register(Box::new(m.labels.clone())).unwrap();
+        m.registry
+            .register(Box::new(m.stage_seconds.clone()))
+            .unwrap();
+        m.registry
+            .register(Box::new(m.model_seconds.clone()))
+            .unwrap();
+        m.registry.register(Box::new(m.batch_rows.clone())).unwrap();
+        m.registry
+            .register(Box::new(m.sink_retries.clone()))
+            .unwrap();
+        m.registry
+            .register(Box::new(m.incomplete_state.clone()))
+            .unwrap();
+        m.registry.register(Box::new(m.in_flight.clone())).unwrap();
+        m
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        prometheus::TextEncoder::new()
+            .encode(&self.registry.gather(), &mut buf)
+            .expect("text encoding cannot fail");
+        String::from_utf8(buf).expect("prometheus text is UTF-8")
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}

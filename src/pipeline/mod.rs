@@ -1,0 +1,725 @@
+//! The streaming engine: ingest → batch → featurize → score → decide → sink.
+//!
+//! Stages are async tasks joined by bounded channels (records from ingest,
+//! two batches between later stages), so a slow Postgres slows the consumer
+//! instead of growing memory. CPU work (polars, ONNX Runtime) runs on the
+//! blocking pool. Batches flow in order, and the sink commits them in order:
+//! a partition's committed offset never passes an uncommitted record.
+//!
+//! A revocation travels down the pipeline as a barrier: when the sink has
+//! committed everything before it, the consumer lets the partitions go.
+
+mod batch;
+pub mod watermark;
+
+use crate::config::Config;
+use crate::decision::ThresholdSet;
+use crate::event::Transaction;
+use crate::features::{self, CardState, FeatureBatch, TerminalStats, HISTORY_LEN};
+use crate::ingest::{self, Ingested, Record};
+use crate::metrics::Metrics;
+use crate::scoring::{Scored, Scorer};
+use crate::sink::{
+    self, DeadLetter, DecisionRow, LabelRow, OffsetUpdate, Provenance, SinkBatch, SinkError,
+};
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::ClientConfig;
+use sqlx::PgPool;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc as std_mpsc, Arc};
+use std::time::{Duration, Instant};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+use watermark::{Readiness, TerminalLoader};
+
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error(transparent)]
+    Sink(#[from] SinkError),
+    #[error(transparent)]
+    Scoring(#[from] crate::scoring::ScoringError),
+    #[error("kafka: {0}")]
+    Kafka(#[from] rdkafka::error::KafkaError),
+    #[error("featurization: {0}")]
+    Features(#[from] polars::error::PolarsError),
+    #[error("{0}")]
+    Other(String),
+}
+
+/// What a run did, for logs and tests.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct RunSummary {
+    pub decisions: u64,
+    pub dead_letters: u64,
+    pub labels: u64,
+    pub batches: u64,
+}
+
+/// Everything the stages share, read-only.
+struct Shared {
+    config: Config,
+    pool: PgPool,
+    metrics: Arc<Metrics>,
+    scorer: Scorer,
+    thresholds: ThresholdSet,
+    provenance: Provenance,
+}
+
+/// A batch on its way through the stages.
+struct Work {
+    started: Instant,
+    txs: Vec<batch::Sourced>,
+    labels: Vec<LabelRow>,
+    dead_letters: Vec<DeadLetter>,
+    offsets: Vec<OffsetUpdate>,
+    features: Option<Arc<FeatureBatch>>,
+    state_complete: bool,
+    scored: Vec<Scored>,
+}
+
+enum Item {
+    Batch(Box<Work>),
+    /// Everything before this is committed when the sink acknowledges it.
+    Barrier(std_mpsc::Sender<()>),
+}
+
+/// Run the engine until `shutdown` is cancelled (then finish the batch in
+/// hand, commit it and return) or a fatal error occurs.
+pub async fn run(
+    config: Config,
+    metrics: Arc<Metrics>,
+    ready: Arc<AtomicBool>,
+    shutdown: CancellationToken,
+) -> Result<RunSummary, EngineError> {
+    let pool = sink::connect(
+        config.postgres.url.expose(),
+        config.postgres.max_connections,
+    )
+    .await?;
+    sink::migrate(&pool).await?;
+    let (dir, workers, intra, max_batch) = (
+        config.model.dir.clone(),
+        config.pipeline.scoring_workers,
+        config.model.intra_threads,
+        config.model.max_batch,
+    );
+    let scorer = tokio::task::spawn_blocking(move || Scorer::open(&dir, workers, intra, max_batch))
+        .await
+        .map_err(|e| EngineError::Other(e.to_string()))??;
+    sink::register_model(&pool, &scorer.manifest).await?;
+    let mut thresholds = ThresholdSet::new(config.thresholds.clone());
+    thresholds.version = sink::register_thresholds(&pool, &thresholds).await?;
+    tracing::info!(model = %scorer.manifest.name, version = %scorer.manifest.version, thresholds = thresholds.version, "model and thresholds in force");
+
+    let k = &config.kafka;
+    ingest::topics::ensure_topics(
+        &k.brokers,
+        &[
+            (&k.transactions_topic, k.partitions),
+            (&k.labels_topic, 1),
+            (&k.dlq_topic, 1),
+        ],
+    )
+    .await
+    .map_err(|e| EngineError::Other(e.to_string()))?;
+    let provenance = Provenance {
+        model_name: scorer.manifest.name.clone(),
+        model_version: scorer.manifest.version.clone(),
+        model_sha256: scorer.manifest.sha256.clone(),
+        threshold_version: thresholds.version,
+        feature_names: scorer.manifest.feature_names.clone(),
+        source_topic: k.transactions_topic.clone(),
+    };
+    let dlq: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", &k.brokers)
+        .set("enable.idempotence", "true")
+        .set("message.timeout.ms", "30000")
+        .create()?;
+    let shared = Arc::new(Shared {
+        config: config.clone(),
+        pool: pool.clone(),
+        metrics: metrics.clone(),
+        scorer,
+        thresholds,
+        provenance,
+    });
+    let stop = Arc::new(AtomicBool::new(false));
+    let owner = format!("{}-{}", hostname(), std::process::id());
+
+    // Labels run in a pipeline of their own (and their own consumer group), so
+    // transactions waiting for the label watermark never hold labels back.
+    let labels_group = format!("{}.labels", k.group_id);
+    let tx_revoking = Arc::new(AtomicBool::new(false));
+    let loader = TerminalLoader::new(
+        pool.clone(),
+        &k.brokers,
+        watermark::Stream {
+            topic: k.transactions_topic.clone(),
+            group: k.group_id.clone(),
+            event_time: watermark::transaction_time,
+        },
+        watermark::Stream {
+            topic: k.labels_topic.clone(),
+            group: labels_group.clone(),
+            event_time: watermark::label_time,
+        },
+        config.features.label_delay_days,
+        config.features.late_tolerance_secs,
+    )?;
+    let transactions = spawn_pipeline(
+        &shared,
+        ingest::Subscription {
+            topics: vec![k.transactions_topic.clone()],
+            group: k.group_id.clone(),
+            labels_topic: k.labels_topic.clone(),
+        },
+        Some(loader),
+        dlq.clone(),
+        &owner,
+        stop.clone(),
+        tx_revoking,
+    )?;
+    let labels = spawn_pipeline(
+        &shared,
+        ingest::Subscription {
+            topics: vec![k.labels_topic.clone()],
+            group: labels_group,
+            labels_topic: k.labels_topic.clone(),
+        },
+        None,
+        dlq,
+        &owner,
+        stop.clone(),
+        Arc::new(AtomicBool::new(false)),
+    )?;
+    ready.store(true, Ordering::Relaxed);
+
+    // Run until a signal or until either pipeline ends on its own (which only
+    // an error makes it do); then stop both and let them commit what they
+    // hold, within the shutdown deadline.
+    let (done_tx, mut done_rx) = mpsc::channel(2);
+    for (name, sink) in [("transactions", transactions.sink), ("labels", labels.sink)] {
+        let done = done_tx.clone();
+        tokio::spawn(async move {
+            let result = sink
+                .await
+                .map_err(|e| EngineError::Other(format!("{name} sink task: {e}")))
+                .and_then(|r| r);
+            let _ = done.send((name, result)).await;
+        });
+    }
+    drop(done_tx);
+    let failed = [
+        transactions.consumer.failed.clone(),
+        labels.consumer.failed.clone(),
+    ];
+    let deadline = Duration::from_millis(config.pipeline.shutdown_deadline_ms);
+    let mut stopping: Option<tokio::time::Instant> = None;
+    let mut summaries = Vec::new();
+    let mut first_error = None;
+    loop {
+        tokio::select! {
+            finished = done_rx.recv() => match finished {
+                Some((name, Ok(summary))) => {
+                    tracing::info!(pipeline = name, ?summary, "pipeline finished");
+                    summaries.push(summary);
+                }
+                Some((name, Err(e))) => {
+                    tracing::error!(pipeline = name, error = %e, "pipeline failed; stopping");
+                    first_error.get_or_insert(e);
+                }
+                None => break,
+            },
+            _ = watch_consumers(&failed, &shutdown), if stopping.is_none() => {}
+            _ = tokio::time::sleep_until(stopping.unwrap_or_else(tokio::time::Instant::now) + deadline), if stopping.is_some() => {
+                tracing::warn!(?deadline, "shutdown deadline passed; uncommitted work will be replayed on restart");
+                first_error.get_or_insert(EngineError::Other("shutdown deadline passed".into()));
+                break;
+            }
+        }
+        if stopping.is_none() {
+            stopping = Some(tokio::time::Instant::now());
+            stop.store(true, Ordering::Relaxed);
+            ready.store(false, Ordering::Relaxed);
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    ready.store(false, Ordering::Relaxed);
+    for task in transactions.stages.iter().chain(&labels.stages) {
+        task.abort();
+    }
+    if first_error.is_none() {
+        for c in [transactions.consumer, labels.consumer] {
+            let _ = tokio::task::spawn_blocking(move || c.thread.join()).await;
+        }
+    }
+    if let Some(e) = failed.iter().find_map(|f| f.lock().expect("lock").clone()) {
+        first_error.get_or_insert(EngineError::Other(format!("consumer failed: {e}")));
+    }
+    if let Some(e) = first_error {
+        return Err(e);
+    }
+    Ok(summaries
+        .into_iter()
+        .fold(RunSummary::default(), |a, b| RunSummary {
+            decisions: a.decisions + b.decisions,
+            dead_letters: a.dead_letters + b.dead_letters,
+            labels: a.labels + b.labels,
+            batches: a.batches + b.batches,
+        }))
+}
+
+/// One consumer feeding featurize → score → sink.
+struct Pipeline {
+    consumer: ingest::ConsumerHandle,
+    stages: Vec<tokio::task::JoinHandle<Result<(), EngineError>>>,
+    sink: tokio::task::JoinHandle<Result<RunSummary, EngineError>>,
+}
+
+fn spawn_pipeline(
+    shared: &Arc<Shared>,
+    sub: ingest::Subscription,
+    loader: Option<TerminalLoader>,
+    dlq: FutureProducer,
+    owner: &str,
+    stop: Arc<AtomicBool>,
+    revoking: Arc<AtomicBool>,
+) -> Result<Pipeline, EngineError> {
+    let (records_tx, records_rx) = mpsc::channel(shared.config.pipeline.channel_capacity_rows);
+    let (featurized_tx, featurized_rx) = mpsc::channel(2);
+    let (scored_tx, scored_rx) = mpsc::channel(2);
+    let group = sub.group.clone();
+    let consumer = ingest::spawn_consumer(
+        &shared.config.kafka,
+        sub,
+        shared.pool.clone(),
+        owner.to_owned(),
+        records_tx,
+        stop,
+        revoking.clone(),
+        shared.metrics.clone(),
+    )?;
+    let stages = vec![
+        tokio::spawn(featurize_stage(
+            shared.clone(),
+            loader,
+            revoking.clone(),
+            records_rx,
+            featurized_tx,
+        )),
+        tokio::spawn(score_stage(shared.clone(), featurized_rx, scored_tx)),
+    ];
+    let sink = tokio::spawn(sink_stage(shared.clone(), group, dlq, scored_rx));
+    Ok(Pipeline {
+        consumer,
+        stages,
+        sink,
+    })
+}
+
+/// Resolves on shutdown, or when a consumer thread reported a failure.
+async fn watch_consumers(
+    failed: &[Arc<std::sync::Mutex<Option<String>>>],
+    shutdown: &CancellationToken,
+) {
+    loop {
+        if failed.iter().any(|f| f.lock().expect("lock").is_some()) {
+            return;
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+        }
+    }
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/etc/hostname")
+        .map(|s| s.trim().to_owned())
+        .unwrap_or_else(|_| "host".into())
+}
+
+/// Collect records into batches (≤ N rows or ≤ T ms), decode, and featurize.
+///
+/// Records wait in [`batch::Pending`] per partition; batches are taken oldest
+/// first. A batch whose terminal days are not closed yet goes back, and the
+/// stage keeps reading (a lagging partition's older records may be what the
+/// watermark waits for) until it is ready or `state_wait_ms` has passed.
+async fn featurize_stage(
+    shared: Arc<Shared>,
+    mut loader: Option<TerminalLoader>,
+    revoking: Arc<AtomicBool>,
+    mut input: mpsc::Receiver<Ingested>,
+    out: mpsc::Sender<Item>,
+) -> Result<(), EngineError> {
+    let p = &shared.config.pipeline;
+    let delay = shared.config.features.label_delay_days;
+    let state_wait = Duration::from_millis(p.state_wait_ms);
+    let mut cards = CardState::default();
+    let mut terminals = TerminalStats::default();
+    let mut pending = batch::Pending::default();
+    let mut blocked_since: Option<Instant> = None;
+    // From a revocation until its barrier, nothing read is featurized: the
+    // partitions' next owner starts from what is committed.
+    let mut dropping = false;
+    let mut input_open = true;
+    loop {
+        // Read: wait for work when there is none, then take whatever else
+        // arrives within a batch's wait, up to a batch (or, while blocked,
+        // the buffer cap).
+        let mut barrier = None;
+        if input_open {
+            let idle = pending.is_empty() && blocked_since.is_none();
+            let mut until =
+                (!idle).then(|| tokio::time::Instant::now() + Duration::from_millis(20));
+            loop {
+                let next = match until {
+                    None => Ok(input.recv().await),
+                    Some(t) => tokio::time::timeout_at(t, input.recv()).await,
+                };
+                match next {
+                    Err(_) => break,
+                    Ok(None) => {
+                        input_open = false;
+                        break;
+                    }
+                    Ok(Some(Ingested::Revoke { ack })) => {
+                        barrier = Some(ack);
+                        break;
+                    }
+                    Ok(Some(Ingested::Record(r))) => {
+                        if !dropping {
+                            pending.push(r);
+                        }
+                        if until.is_none() && !pending.is_empty() {
+                            until = Some(
+                                tokio::time::Instant::now()
+                                    + Duration::from_millis(p.batch_max_wait_ms),
+                            );
+                        }
+                    }
+                }
+                let full = if blocked_since.is_some() {
+                    p.channel_capacity_rows
+                } else {
+                    p.batch_max_rows
+                };
+                if pending.len() >= full {
+                    break;
+                }
+            }
+        } else if pending.is_empty() {
+            break;
+        } else if blocked_since.is_some() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        if revoking.load(Ordering::Relaxed) && !dropping {
+            dropping = true;
+            pending.clear();
+        }
+
+        // Featurize every piece that is ready, oldest first.
+        while !dropping && !pending.is_empty() {
+            let piece = pending.take(p.batch_max_rows, delay);
+            let readiness = match (piece.days, loader.as_mut()) {
+                (Some((lo, hi)), Some(loader)) => {
+                    let force = blocked_since.is_some_and(|t| t.elapsed() >= state_wait);
+                    loader.check(&mut terminals, lo, hi, force).await?
+                }
+                _ => Readiness::Complete,
+            };
+            if readiness == Readiness::NotYet {
+                pending.put_back(piece);
+                blocked_since.get_or_insert_with(Instant::now);
+                break;
+            }
+            blocked_since = None;
+            if readiness == Readiness::Incomplete {
+                shared.metrics.incomplete_state.inc();
+            }
+            let span = tracing::debug_span!("featurize", rows = piece.rows());
+            let work = build_work(
+                &shared,
+                piece.into_records(),
+                readiness == Readiness::Complete,
+                &mut cards,
+                &mut terminals,
+            )
+            .instrument(span)
+            .await?;
+            if out.send(Item::Batch(Box::new(work))).await.is_err() {
+                return Ok(());
+            }
+        }
+
+        if let Some(ack) = barrier {
+            // Cards of revoked partitions may change under their next owner.
+            cards.clear();
+            pending.clear();
+            dropping = false;
+            blocked_since = None;
+            if out.send(Item::Barrier(ack)).await.is_err() {
+                break;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Decode and featurize one batch whose terminal days are loaded.
+async fn build_work(
+    shared: &Shared,
+    records: Vec<Record>,
+    state_complete: bool,
+    cards: &mut CardState,
+    terminals: &mut TerminalStats,
+) -> Result<Work, EngineError> {
+    let started = Instant::now();
+    let rows = records.len() as i64;
+    let a = batch::assemble(records);
+    let mut work = Work {
+        started,
+        txs: a.txs,
+        labels: a.labels,
+        dead_letters: a.dead_letters,
+        offsets: a.offsets,
+        features: None,
+        state_complete,
+        scored: Vec::new(),
+    };
+    shared.metrics.in_flight.add(rows);
+    if work.txs.is_empty() {
+        return Ok(work);
+    }
+    // Cards never seen by this process: rebuild their memory from Postgres.
+    let mut missing: Vec<String> = work
+        .txs
+        .iter()
+        .map(|s| s.tx.card_id.clone())
+        .filter(|c| !cards.contains(c))
+        .collect();
+    missing.sort();
+    missing.dedup();
+    if !missing.is_empty() {
+        let rows =
+            sink::state::load_cards(&shared.pool, &missing, features::card_retention_ms()).await?;
+        let mut by_card: std::collections::HashMap<String, Vec<features::PastTx>> =
+            missing.into_iter().map(|c| (c, Vec::new())).collect();
+        for (card, tx) in rows {
+            by_card.entry(card).or_default().push(tx);
+        }
+        for (card, txs) in by_card {
+            cards.load(card, txs);
+        }
+    }
+
+    // Polars on the blocking pool; the state moves there and back.
+    let txs: Vec<Transaction> = work.txs.iter().map(|s| s.tx.clone()).collect();
+    let delay = shared.config.features.label_delay_days;
+    let mut state = (std::mem::take(cards), std::mem::take(terminals));
+    let (result, returned) = tokio::task::spawn_blocking(move || {
+        let r = features::featurize(&txs, &mut state.0, &state.1, delay);
+        (r, state)
+    })
+    .await
+    .map_err(|e| EngineError::Other(format!("featurize task: {e}")))?;
+    (*cards, *terminals) = returned;
+    // Cards idle for longer than any window reload from Postgres if seen again.
+    let newest = work
+        .txs
+        .iter()
+        .map(|s| s.tx.ts.timestamp_millis())
+        .max()
+        .unwrap_or(0);
+    if cards.len() > 200_000 {
+        cards.evict_idle(newest - features::card_retention_ms());
+    }
+    work.features = Some(Arc::new(result?));
+    shared
+        .metrics
+        .stage_seconds
+        .with_label_values(&["featurize"])
+        .observe(started.elapsed().as_secs_f64());
+    Ok(work)
+}
+
+/// Score each batch through the ONNX Runtime session pool.
+async fn score_stage(
+    shared: Arc<Shared>,
+    mut input: mpsc::Receiver<Item>,
+    out: mpsc::Sender<Item>,
+) -> Result<(), EngineError> {
+    while let Some(mut item) = input.recv().await {
+        if let Item::Batch(work) = &mut item {
+            if let Some(features) = work.features.clone() {
+                let t = Instant::now();
+                work.scored = shared.scorer.score(features).await?;
+                shared
+                    .metrics
+                    .model_seconds
+                    .observe(t.elapsed().as_secs_f64());
+                shared
+                    .metrics
+                    .stage_seconds
+                    .with_label_values(&["score"])
+                    .observe(t.elapsed().as_secs_f64());
+            }
+        }
+        if out.send(item).await.is_err() {
+            break;
+        }
+    }
+    Ok(())
+}
+
+/// Decide, then commit each batch — dead letters to Kafka first, then the one
+/// Postgres transaction — retrying transient failures until shutdown.
+async fn sink_stage(
+    shared: Arc<Shared>,
+    group: String,
+    dlq: FutureProducer,
+    mut input: mpsc::Receiver<Item>,
+) -> Result<RunSummary, EngineError> {
+    let mut summary = RunSummary::default();
+    while let Some(item) = input.recv().await {
+        let work = match item {
+            Item::Barrier(ack) => {
+                let _ = ack.send(());
+                continue;
+            }
+            Item::Batch(w) => w,
+        };
+        let t = Instant::now();
+        let batch = decide(&shared, &work);
+        publish_dead_letters(&dlq, &shared.config.kafka.dlq_topic, &batch.dead_letters).await?;
+        let mut backoff = Duration::from_millis(100);
+        let written = loop {
+            match sink::write_batch(&shared.pool, &group, &shared.provenance, &batch).await {
+                Ok(w) => break w,
+                Err(e) if e.is_transient() => {
+                    shared.metrics.sink_retries.inc();
+                    tracing::warn!(error = %e, ?backoff, "sink transaction failed; retrying");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+                Err(e) => return Err(e.into()),
+            }
+        };
+        let m = &shared.metrics;
+        for d in &batch.decisions {
+            m.decided.with_label_values(&[d.decision.as_str()]).inc();
+        }
+        m.dead_letters
+            .with_label_values(&["all"])
+            .inc_by(written.dead_letters as u64);
+        m.labels.inc_by(written.labels as u64);
+        let rows = work.txs.len() + work.labels.len() + work.dead_letters.len();
+        m.in_flight.sub(rows as i64);
+        m.batch_rows.observe(rows as f64);
+        m.stage_seconds
+            .with_label_values(&["sink"])
+            .observe(t.elapsed().as_secs_f64());
+        m.stage_seconds
+            .with_label_values(&["total"])
+            .observe(work.started.elapsed().as_secs_f64());
+        summary.decisions += written.decisions as u64;
+        summary.dead_letters += written.dead_letters as u64;
+        summary.labels += written.labels as u64;
+        summary.batches += 1;
+        tracing::debug!(
+            decisions = written.decisions,
+            dead = written.dead_letters,
+            labels = written.labels,
+            "batch committed"
+        );
+    }
+    Ok(summary)
+}
+
+fn decide(shared: &Shared, work: &Work) -> SinkBatch {
+    let features = work.features.as_deref();
+    let decisions = work
+        .txs
+        .iter()
+        .zip(&work.scored)
+        .enumerate()
+        .map(|(i, (src, s))| {
+            let f = features.expect("scored batches have features");
+            DecisionRow {
+                decision: shared.thresholds.decide(s.score, src.tx.channel),
+                score: s.score,
+                features: f.row_features(i).to_vec(),
+                feature_weights: s.feature_attention.clone(),
+                history_tx_ids: f.history_tx_ids[i].clone(),
+                history_weights: s.history_attention[..HISTORY_LEN].to_vec(),
+                state_complete: work.state_complete,
+                partition: src.partition,
+                offset: src.offset,
+                kafka_ts: src
+                    .kafka_ts_ms
+                    .and_then(chrono::DateTime::from_timestamp_millis),
+                tx: src.tx.clone(),
+            }
+        })
+        .collect();
+    SinkBatch {
+        decisions,
+        dead_letters: work.dead_letters.clone(),
+        labels: work.labels.clone(),
+        offsets: work.offsets.clone(),
+    }
+}
+
+/// Larger payloads go to the Kafka DLQ truncated (the `dead_letters` row
+/// keeps them whole), so one oversized record cannot block the stream.
+const DLQ_MAX_PAYLOAD: usize = 900 * 1024;
+
+/// The DLQ topic gets the original bytes with the reason and source in headers.
+async fn publish_dead_letters(
+    dlq: &FutureProducer,
+    topic: &str,
+    dead: &[DeadLetter],
+) -> Result<(), EngineError> {
+    let sends = dead.iter().map(|d| {
+        let payload = d.payload.as_deref().unwrap_or_default();
+        let partition = d.partition.to_string();
+        let offset = d.offset.to_string();
+        let original_len = payload.len().to_string();
+        let mut headers = OwnedHeaders::new()
+            .insert(Header {
+                key: "source_topic",
+                value: Some(d.topic.as_str()),
+            })
+            .insert(Header {
+                key: "source_partition",
+                value: Some(partition.as_str()),
+            })
+            .insert(Header {
+                key: "source_offset",
+                value: Some(offset.as_str()),
+            })
+            .insert(Header {
+                key: "reason",
+                value: Some(d.reason.as_str()),
+            });
+        if payload.len() > DLQ_MAX_PAYLOAD {
+            headers = headers.insert(Header {
+                key: "truncated_from",
+                value: Some(original_len.as_str()),
+            });
+        }
+        let mut record: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(topic)
+            .payload(&payload[..payload.len().min(DLQ_MAX_PAYLOAD)])
+            .headers(headers);
+        if let Some(k) = d.key.as_deref() {
+            record = record.key(k);
+        }
+        dlq.send(record, Duration::from_secs(30))
+    });
+    for r in futures::future::join_all(sends).await {
+        r.map_err(|(e, _)| EngineError::Kafka(e))?;
+    }
+    Ok(())
+}

@@ -1,0 +1,306 @@
+//! Event-time watermarks and the terminal-state loader.
+//!
+//! Terminal windows read other cards' transactions, which other partitions
+//! (maybe other instances) decide. The watermark of a topic is the event time
+//! of the oldest record not yet committed to Postgres, over all partitions:
+//! every valid record before it is committed (partitions are in event-time
+//! order, up to `late_tolerance`). [`TerminalLoader::check`] loads a day
+//! into [`TerminalStats`] only once the watermark has passed it; the caller
+//! waits (reading on, so lagging partitions catch up) up to a bound, after
+//! which the batch is scored anyway and marked incomplete.
+
+use crate::event::{Label, Transaction};
+use crate::features::terminal_needed_days as needed_days;
+use crate::features::{day_of, TerminalStats, MS_PER_DAY};
+use crate::sink::{self, SinkError};
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::Message;
+use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+use rdkafka::ClientConfig;
+use sqlx::PgPool;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// Records read past poison at a partition's head before giving up for now.
+const PEEK_LIMIT: usize = 1000;
+
+/// One watermarked stream: a topic, the consumer group that commits it, and
+/// how to read an event time from its records.
+#[derive(Clone)]
+pub struct Stream {
+    pub topic: String,
+    pub group: String,
+    pub event_time: fn(&[u8]) -> Option<i64>,
+}
+
+pub fn transaction_time(bytes: &[u8]) -> Option<i64> {
+    Transaction::decode(bytes)
+        .ok()
+        .map(|t| t.ts.timestamp_millis())
+}
+
+pub fn label_time(bytes: &[u8]) -> Option<i64> {
+    Label::decode(bytes)
+        .ok()
+        .map(|l| l.reported_at.timestamp_millis())
+}
+
+/// Reads committed positions (Postgres) and the records at them (Kafka).
+pub struct TerminalLoader {
+    pool: PgPool,
+    kafka: Arc<Mutex<BaseConsumer>>,
+    transactions: Stream,
+    labels: Stream,
+    delay_days: i64,
+    late_tolerance_ms: i64,
+    /// (topic, partition, offset) → event time of the first valid record at or after it.
+    peeked: HashMap<(String, i32, i64), i64>,
+}
+
+/// Whether a batch can be featurized, and on what terms.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Readiness {
+    Complete,
+    /// The wait ran out; what was closed is loaded.
+    Incomplete,
+    /// The days it needs are not closed yet.
+    NotYet,
+}
+
+impl TerminalLoader {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        pool: PgPool,
+        brokers: &str,
+        transactions: Stream,
+        labels: Stream,
+        delay_days: i64,
+        late_tolerance_secs: i64,
+    ) -> rdkafka::error::KafkaResult<Self> {
+        // Never subscribes: only assigns partitions to peek at their heads.
+        let kafka: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", brokers)
+            .set("group.id", format!("{}-watermarks", transactions.group))
+            .set("enable.auto.commit", "false")
+            .set("fetch.wait.max.ms", "10")
+            .create()?;
+        Ok(TerminalLoader {
+            pool,
+            kafka: Arc::new(Mutex::new(kafka)),
+            transactions,
+            labels,
+            delay_days,
+            late_tolerance_ms: late_tolerance_secs * 1000,
+            peeked: HashMap::new(),
+        })
+    }
+
+    /// The event time before which every valid record of `stream` is
+    /// committed, in ms (`i64::MAX` when every partition is committed to its end).
+    pub async fn watermark(&mut self, stream: &Stream) -> Result<i64, SinkError> {
+        let committed: HashMap<i32, i64> =
+            sink::committed_progress(&self.pool, &stream.group, &stream.topic)
+                .await?
+                .into_iter()
+                .map(|(p, next, _)| (p, next))
+                .collect();
+        let kafka = self.kafka.clone();
+        let s = stream.clone();
+        let known: HashMap<(String, i32, i64), i64> = self.peeked.clone();
+        let peeked = tokio::task::spawn_blocking(move || {
+            let consumer = kafka.lock().expect("watermark consumer lock");
+            heads(&consumer, &s, &committed, &known)
+        })
+        .await
+        .expect("watermark task panicked");
+        let heads = match peeked {
+            Ok(h) => h,
+            Err(e) => {
+                tracing::warn!(error = %e, topic = %stream.topic, "cannot read partition heads; watermark not advanced");
+                return Ok(i64::MIN);
+            }
+        };
+        let mut wm = i64::MAX;
+        for (key, head) in heads {
+            match head {
+                Head::Drained => {}
+                Head::At(ts) => {
+                    self.peeked.insert(key, ts);
+                    wm = wm.min(ts.saturating_sub(self.late_tolerance_ms));
+                }
+                Head::Unknown => wm = i64::MIN,
+            }
+        }
+        if self.peeked.len() > 10_000 {
+            self.peeked.clear();
+        }
+        Ok(wm)
+    }
+
+    /// Can transactions on days `[min_day, max_day]` be featurized now? Loads
+    /// what they need if their days are closed. With `force` (the wait ran
+    /// out), loads whatever is closed and answers `Incomplete`.
+    pub async fn check(
+        &mut self,
+        stats: &mut TerminalStats,
+        min_day: i64,
+        max_day: i64,
+        force: bool,
+    ) -> Result<Readiness, SinkError> {
+        let (from, _) = needed_days(min_day, self.delay_days);
+        let (_, until) = needed_days(max_day, self.delay_days);
+        if covered(stats, from, until, max_day) {
+            return Ok(Readiness::Complete);
+        }
+        let (transactions, labels) = (self.transactions.clone(), self.labels.clone());
+        let tx_wm = self.watermark(&transactions).await?;
+        let label_wm = self.watermark(&labels).await?;
+        let complete = tx_wm >= until.saturating_mul(MS_PER_DAY)
+            && label_wm >= max_day.saturating_mul(MS_PER_DAY);
+        if !complete && !force {
+            return Ok(Readiness::NotYet);
+        }
+        // Day d is closed once the watermark reaches its end; never before
+        // `from` (nothing closed), so day arithmetic stays in range.
+        let closed_until = until.min(closed_day(tx_wm)).max(from);
+        let reported_before = max_day.min(closed_day(label_wm)).max(from);
+        self.load(stats, from, closed_until, reported_before)
+            .await?;
+        if complete {
+            Ok(Readiness::Complete)
+        } else {
+            tracing::warn!(
+                max_day,
+                tx_wm,
+                label_wm,
+                "terminal state incomplete after waiting; scoring anyway"
+            );
+            Ok(Readiness::Incomplete)
+        }
+    }
+
+    async fn load(
+        &self,
+        stats: &mut TerminalStats,
+        from: i64,
+        until: i64,
+        reported_before: i64,
+    ) -> Result<(), SinkError> {
+        let (have_from, have_until) = stats.counts_range().unwrap_or((from, from));
+        // Before what we have (a late batch) and after it (time moving on).
+        if from < have_from {
+            let rows = sink::state::terminal_counts(&self.pool, from, have_from.min(until)).await?;
+            stats.add_closed_days(from, have_from.min(until), rows);
+        }
+        if until > have_until {
+            let start = have_until.max(from);
+            let rows = sink::state::terminal_counts(&self.pool, start, until).await?;
+            stats.add_closed_days(start, until, rows);
+        }
+        let frauds = sink::state::terminal_frauds(&self.pool, from, until, reported_before).await?;
+        stats.set_frauds(from, until, reported_before, frauds);
+        // Keep a margin for slightly late batches; older days cannot be read again.
+        stats.evict_before(from - 7);
+        Ok(())
+    }
+}
+
+/// Days strictly before the returned one are closed at watermark `wm_ms`.
+fn closed_day(wm_ms: i64) -> i64 {
+    match wm_ms {
+        i64::MAX => i64::MAX / MS_PER_DAY,
+        i64::MIN => i64::MIN / MS_PER_DAY,
+        ms => day_of(ms),
+    }
+}
+
+fn covered(stats: &TerminalStats, from: i64, until: i64, max_day: i64) -> bool {
+    let counts = stats
+        .counts_range()
+        .is_some_and(|(f, u)| f <= from && u >= until);
+    let frauds = stats
+        .frauds_range()
+        .is_some_and(|(f, u, r)| f <= from && u >= until && r >= max_day);
+    counts && frauds
+}
+
+enum Head {
+    /// Committed to the log end: nothing pending.
+    Drained,
+    /// Event time of the first valid uncommitted record.
+    At(i64),
+    /// Not readable now (poison beyond the peek limit, or a fetch timeout).
+    Unknown,
+}
+
+/// For each partition of the stream, the first valid record at or after its
+/// committed offset. Blocking: runs on the blocking pool.
+fn heads(
+    consumer: &BaseConsumer,
+    s: &Stream,
+    committed: &HashMap<i32, i64>,
+    known: &HashMap<(String, i32, i64), i64>,
+) -> rdkafka::error::KafkaResult<Vec<((String, i32, i64), Head)>> {
+    let timeout = Duration::from_secs(5);
+    let md = consumer.fetch_metadata(Some(&s.topic), timeout)?;
+    let mut out = Vec::new();
+    let mut pending: HashMap<i32, (i64, i64)> = HashMap::new(); // partition -> (start, high)
+    for t in md.topics() {
+        for p in t.partitions() {
+            let (low, high) = consumer.fetch_watermarks(&s.topic, p.id(), timeout)?;
+            let start = committed.get(&p.id()).copied().unwrap_or(-1).max(low);
+            let key = (s.topic.clone(), p.id(), start);
+            if start >= high {
+                out.push((key, Head::Drained));
+            } else if let Some(ts) = known.get(&key) {
+                out.push((key, Head::At(*ts)));
+            } else {
+                pending.insert(p.id(), (start, high));
+            }
+        }
+    }
+    if pending.is_empty() {
+        return Ok(out);
+    }
+    let mut tpl = TopicPartitionList::new();
+    for (p, (start, _)) in &pending {
+        tpl.add_partition_offset(&s.topic, *p, Offset::Offset(*start))?;
+    }
+    consumer.assign(&tpl)?;
+    let mut found: HashMap<i32, Head> = HashMap::new();
+    let mut read: HashMap<i32, usize> = HashMap::new();
+    let deadline = Instant::now() + timeout;
+    while found.len() < pending.len() && Instant::now() < deadline {
+        let Some(polled) = consumer.poll(Duration::from_millis(100)) else {
+            continue;
+        };
+        let Ok(m) = polled else { continue };
+        let p = m.partition();
+        let Some((_, high)) = pending.get(&p) else {
+            continue;
+        };
+        if found.contains_key(&p) {
+            continue;
+        }
+        if let Some(ts) = m.payload().and_then(s.event_time) {
+            found.insert(p, Head::At(ts));
+        } else if m.offset() + 1 >= *high {
+            found.insert(p, Head::Drained); // only poison up to the end
+        } else {
+            let n = read.entry(p).or_default();
+            *n += 1;
+            if *n >= PEEK_LIMIT {
+                found.insert(p, Head::Unknown);
+            }
+        }
+    }
+    consumer.unassign()?;
+    for (p, (start, _)) in pending {
+        out.push((
+            (s.topic.clone(), p, start),
+            found.remove(&p).unwrap_or(Head::Unknown),
+        ));
+    }
+    Ok(out)
+}

@@ -1,0 +1,430 @@
+//! The Postgres sink: everything a batch produced — decisions, attention
+//! explanations, dead letters, labels — and the next Kafka offset of every
+//! partition it covers, in ONE transaction.
+//!
+//! That transaction is the commit point of the engine: a batch is either
+//! wholly in Postgres with its offsets or not at all, so a restart resumes
+//! exactly where the data ends. Each offset row carries an `epoch`; a write
+//! whose epoch is stale (another instance took the partition over) is
+//! rejected as [`SinkError::Fenced`] and nothing of it lands.
+//!
+//! This module also owns the reads that rebuild engine state from Postgres:
+//! partition claims, card histories and terminal statistics.
+
+pub mod state;
+
+use crate::decision::ThresholdSet;
+use crate::scoring::Manifest;
+use chrono::{DateTime, Utc};
+use sqlx::postgres::{PgPool, PgPoolOptions};
+use sqlx::Row;
+use std::time::Duration;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SinkError {
+    #[error("postgres: {0}")]
+    Db(#[from] sqlx::Error),
+    #[error("migration: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error(
+        "partition {topic}/{partition} is owned by another instance now (epoch {epoch} is stale)"
+    )]
+    Fenced {
+        topic: String,
+        partition: i32,
+        epoch: i64,
+    },
+}
+
+impl SinkError {
+    /// Worth retrying: the database was unreachable or the transaction lost a race.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            SinkError::Db(e) => {
+                !matches!(e, sqlx::Error::Database(d) if d.code().is_some_and(|c| c.starts_with("23") || c.starts_with("42")))
+            }
+            _ => false,
+        }
+    }
+}
+
+pub async fn connect(url: &str, max_connections: u32) -> Result<PgPool, SinkError> {
+    Ok(PgPoolOptions::new()
+        .max_connections(max_connections)
+        .acquire_timeout(Duration::from_secs(10))
+        .connect(url)
+        .await?)
+}
+
+/// Apply the migrations under `migrations/` (idempotent).
+pub async fn migrate(pool: &PgPool) -> Result<(), SinkError> {
+    sqlx::migrate!("./migrations").run(pool).await?;
+    Ok(())
+}
+
+/// Record the model in force (idempotent).
+pub async fn register_model(pool: &PgPool, m: &Manifest) -> Result<(), SinkError> {
+    sqlx::query(
+        "INSERT INTO model_versions (name, version, sha256, task, feature_names, manifest)
+         VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING",
+    )
+    .bind(&m.name)
+    .bind(&m.version)
+    .bind(&m.sha256)
+    .bind(&m.task)
+    .bind(&m.feature_names)
+    .bind(serde_json::to_value(m).unwrap_or_default())
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+/// The version of this threshold content, registering it on first use.
+pub async fn register_thresholds(pool: &PgPool, set: &ThresholdSet) -> Result<i32, SinkError> {
+    let row = sqlx::query(
+        "INSERT INTO threshold_sets (content_sha256, thresholds, changed_by) VALUES ($1, $2, $3)
+         ON CONFLICT (content_sha256) DO UPDATE SET content_sha256 = EXCLUDED.content_sha256
+         RETURNING version",
+    )
+    .bind(set.content_sha256())
+    .bind(set.canonical_json())
+    .bind(&set.config.changed_by)
+    .fetch_one(pool)
+    .await?;
+    Ok(row.get(0))
+}
+
+/// A claimed partition: where to resume and the epoch that fences older owners.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Claim {
+    pub partition: i32,
+    /// `None`: never committed, start from the beginning.
+    pub next_offset: Option<i64>,
+    pub epoch: i64,
+}
+
+/// Take ownership of partitions: bump each epoch (fencing any previous owner,
+/// whose in-flight commit either landed before this or will be rejected) and
+/// read the committed position.
+pub async fn claim_partitions(
+    pool: &PgPool,
+    group: &str,
+    topic: &str,
+    partitions: &[i32],
+    owner: &str,
+) -> Result<Vec<Claim>, SinkError> {
+    let rows = sqlx::query(
+        "INSERT INTO kafka_offsets (consumer_group, topic, partition, next_offset, epoch, owner)
+         SELECT $1, $2, p, -1, 1, $4 FROM unnest($3::int[]) AS p
+         ON CONFLICT (consumer_group, topic, partition) DO UPDATE
+            SET epoch = kafka_offsets.epoch + 1, owner = EXCLUDED.owner, updated_at = now()
+         RETURNING partition, next_offset, epoch",
+    )
+    .bind(group)
+    .bind(topic)
+    .bind(partitions)
+    .bind(owner)
+    .fetch_all(pool)
+    .await?;
+    Ok(rows
+        .iter()
+        .map(|r| {
+            let next: i64 = r.get(1);
+            Claim {
+                partition: r.get(0),
+                next_offset: (next >= 0).then_some(next),
+                epoch: r.get(2),
+            }
+        })
+        .collect())
+}
+
+/// Committed progress of every partition of `topic`: `(partition, next_offset, max_event_ts)`.
+pub async fn committed_progress(
+    pool: &PgPool,
+    group: &str,
+    topic: &str,
+) -> Result<Vec<(i32, i64, Option<DateTime<Utc>>)>, SinkError> {
+    let rows = sqlx::query(
+        "SELECT partition, next_offset, max_event_ts FROM kafka_offsets WHERE consumer_group = $1 AND topic = $2",
+    )
+    .bind(group)
+    .bind(topic)
+    .fetch_all(pool)
+    .await?;
+    Ok(rows
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect())
+}
+
+/// One decided transaction, ready to store.
+#[derive(Debug, Clone)]
+pub struct DecisionRow {
+    pub tx: crate::event::Transaction,
+    pub score: f32,
+    pub decision: crate::decision::Decision,
+    pub features: Vec<f32>,
+    pub feature_weights: Vec<f32>,
+    pub history_tx_ids: Vec<String>,
+    pub history_weights: Vec<f32>,
+    pub state_complete: bool,
+    pub partition: i32,
+    pub offset: i64,
+    /// When Kafka received the record: the start of the end-to-end latency.
+    pub kafka_ts: Option<DateTime<Utc>>,
+}
+
+#[derive(Debug, Clone)]
+pub struct DeadLetter {
+    pub topic: String,
+    pub partition: i32,
+    pub offset: i64,
+    pub reason: String,
+    pub key: Option<Vec<u8>>,
+    pub payload: Option<Vec<u8>>,
+}
+
+#[derive(Debug, Clone)]
+pub struct LabelRow {
+    pub label: crate::event::Label,
+    pub partition: i32,
+    pub offset: i64,
+}
+
+/// The new committed position of one partition.
+#[derive(Debug, Clone)]
+pub struct OffsetUpdate {
+    pub topic: String,
+    pub partition: i32,
+    pub next_offset: i64,
+    pub max_event_ts: Option<DateTime<Utc>>,
+    pub epoch: i64,
+}
+
+/// Everything one batch writes.
+#[derive(Debug, Clone, Default)]
+pub struct SinkBatch {
+    pub decisions: Vec<DecisionRow>,
+    pub dead_letters: Vec<DeadLetter>,
+    pub labels: Vec<LabelRow>,
+    pub offsets: Vec<OffsetUpdate>,
+}
+
+/// What a committed batch amounted to.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Written {
+    pub decisions: usize,
+    /// Transactions whose tx_id was already decided from another offset:
+    /// dead-lettered as duplicates instead.
+    pub duplicates: usize,
+    pub dead_letters: usize,
+    pub labels: usize,
+}
+
+/// The identity of the model and thresholds that decided a batch.
+#[derive(Debug, Clone)]
+pub struct Provenance {
+    pub model_name: String,
+    pub model_version: String,
+    pub model_sha256: String,
+    pub threshold_version: i32,
+    pub feature_names: Vec<String>,
+    pub source_topic: String,
+}
+
+/// Write a batch and its offsets atomically. Fails with [`SinkError::Fenced`]
+/// (and writes nothing) if any partition's epoch is stale.
+pub async fn write_batch(
+    pool: &PgPool,
+    group: &str,
+    p: &Provenance,
+    b: &SinkBatch,
+) -> Result<Written, SinkError> {
+    let mut tx = pool.begin().await?;
+    // Offsets first: the row locks serialize this commit against a new
+    // owner's claim, so the fence below is decisive.
+    for o in &b.offsets {
+        let updated = sqlx::query(
+            "UPDATE kafka_offsets
+                SET next_offset = GREATEST(next_offset, $4),
+                    max_event_ts = GREATEST(max_event_ts, $5), updated_at = now()
+              WHERE consumer_group = $1 AND topic = $2 AND partition = $3 AND epoch = $6",
+        )
+        .bind(group)
+        .bind(&o.topic)
+        .bind(o.partition)
+        .bind(o.next_offset)
+        .bind(o.max_event_ts)
+        .bind(o.epoch)
+        .execute(&mut *tx)
+        .await?;
+        if updated.rows_affected() != 1 {
+            return Err(SinkError::Fenced {
+                topic: o.topic.clone(),
+                partition: o.partition,
+                epoch: o.epoch,
+            });
+        }
+    }
+
+    let mut written = Written::default();
+    let mut dead = b.dead_letters.clone();
+    if !b.decisions.is_empty() {
+        let inserted = insert_decisions(&mut tx, p, &b.decisions).await?;
+        let inserted: std::collections::HashSet<String> = inserted.into_iter().collect();
+        let mut fresh = Vec::with_capacity(inserted.len());
+        let mut seen = std::collections::HashSet::new();
+        for d in &b.decisions {
+            // The first row of a tx_id inserted it; any other is a duplicate.
+            if inserted.contains(&d.tx.tx_id) && seen.insert(d.tx.tx_id.as_str()) {
+                fresh.push(d);
+            } else {
+                dead.push(DeadLetter {
+                    topic: p.source_topic.clone(),
+                    partition: d.partition,
+                    offset: d.offset,
+                    reason: format!("duplicate tx_id {:?}: already decided", d.tx.tx_id),
+                    key: Some(d.tx.card_id.clone().into_bytes()),
+                    payload: Some(d.tx.encode()),
+                });
+                written.duplicates += 1;
+            }
+        }
+        insert_explanations(&mut tx, &fresh).await?;
+        written.decisions = fresh.len();
+    }
+    if !dead.is_empty() {
+        sqlx::query(
+            "INSERT INTO dead_letters (source_topic, source_partition, source_offset, reason, message_key, payload)
+             SELECT * FROM unnest($1::text[], $2::int[], $3::bigint[], $4::text[], $5::bytea[], $6::bytea[])
+             ON CONFLICT DO NOTHING",
+        )
+        .bind(dead.iter().map(|d| d.topic.as_str()).collect::<Vec<_>>())
+        .bind(dead.iter().map(|d| d.partition).collect::<Vec<_>>())
+        .bind(dead.iter().map(|d| d.offset).collect::<Vec<_>>())
+        .bind(dead.iter().map(|d| d.reason.as_str()).collect::<Vec<_>>())
+        .bind(dead.iter().map(|d| d.key.as_deref()).collect::<Vec<_>>())
+        .bind(dead.iter().map(|d| d.payload.as_deref()).collect::<Vec<_>>())
+        .execute(&mut *tx)
+        .await?;
+        written.dead_letters = dead.len();
+    }
+    if !b.labels.is_empty() {
+        sqlx::query(
+            "INSERT INTO labels (tx_id, is_fraud, reported_at, source_partition, source_offset)
+             SELECT * FROM unnest($1::text[], $2::bool[], $3::timestamptz[], $4::int[], $5::bigint[])
+             ON CONFLICT (tx_id) DO NOTHING",
+        )
+        .bind(b.labels.iter().map(|l| l.label.tx_id.as_str()).collect::<Vec<_>>())
+        .bind(b.labels.iter().map(|l| l.label.is_fraud).collect::<Vec<_>>())
+        .bind(b.labels.iter().map(|l| l.label.reported_at).collect::<Vec<_>>())
+        .bind(b.labels.iter().map(|l| l.partition).collect::<Vec<_>>())
+        .bind(b.labels.iter().map(|l| l.offset).collect::<Vec<_>>())
+        .execute(&mut *tx)
+        .await?;
+        written.labels = b.labels.len();
+    }
+    tx.commit().await?;
+    Ok(written)
+}
+
+async fn insert_decisions(
+    tx: &mut sqlx::PgConnection,
+    p: &Provenance,
+    rows: &[DecisionRow],
+) -> Result<Vec<String>, SinkError> {
+    let features: Vec<String> = rows
+        .iter()
+        .map(|d| {
+            let map: serde_json::Map<String, serde_json::Value> = p
+                .feature_names
+                .iter()
+                .cloned()
+                .zip(d.features.iter().map(|v| serde_json::json!(v)))
+                .collect();
+            serde_json::Value::Object(map).to_string()
+        })
+        .collect();
+    let out = sqlx::query(
+        "INSERT INTO risk_decisions (tx_id, ts, card_id, terminal_id, amount, currency, mcc, channel, country,
+                score, decision, model_name, model_version, model_sha256, threshold_version, features,
+                state_complete, source_topic, source_partition, source_offset, kafka_ts)
+         SELECT u.tx_id, u.ts, u.card_id, u.terminal_id, u.amount::numeric(14, 2), u.currency, u.mcc, u.channel,
+                u.country, u.score, u.decision, $14, $15, $16, $17, u.features::jsonb, u.complete, $18,
+                u.part, u.off, u.kafka_ts
+           FROM unnest($1::text[], $2::timestamptz[], $3::text[], $4::text[], $5::float8[], $6::text[],
+                       $7::int[], $8::text[], $9::text[], $10::real[], $11::text[], $12::text[], $13::bool[],
+                       $19::int[], $20::bigint[], $21::timestamptz[])
+             AS u(tx_id, ts, card_id, terminal_id, amount, currency, mcc, channel, country, score, decision,
+                  features, complete, part, off, kafka_ts)
+         ON CONFLICT (tx_id) DO NOTHING
+         RETURNING tx_id",
+    )
+    .bind(rows.iter().map(|d| d.tx.tx_id.as_str()).collect::<Vec<_>>())
+    .bind(rows.iter().map(|d| d.tx.ts).collect::<Vec<_>>())
+    .bind(rows.iter().map(|d| d.tx.card_id.as_str()).collect::<Vec<_>>())
+    .bind(rows.iter().map(|d| d.tx.terminal_id.as_str()).collect::<Vec<_>>())
+    .bind(rows.iter().map(|d| d.tx.amount).collect::<Vec<_>>())
+    .bind(rows.iter().map(|d| d.tx.currency.as_deref()).collect::<Vec<_>>())
+    .bind(rows.iter().map(|d| d.tx.mcc).collect::<Vec<_>>())
+    .bind(rows.iter().map(|d| d.tx.channel.map(|c| c.as_str())).collect::<Vec<_>>())
+    .bind(rows.iter().map(|d| d.tx.country.as_deref()).collect::<Vec<_>>())
+    .bind(rows.iter().map(|d| d.score).collect::<Vec<_>>())
+    .bind(rows.iter().map(|d| d.decision.as_str()).collect::<Vec<_>>())
+    .bind(features)
+    .bind(rows.iter().map(|d| d.state_complete).collect::<Vec<_>>())
+    .bind(&p.model_name)
+    .bind(&p.model_version)
+    .bind(&p.model_sha256)
+    .bind(p.threshold_version)
+    .bind(&p.source_topic)
+    .bind(rows.iter().map(|d| d.partition).collect::<Vec<_>>())
+    .bind(rows.iter().map(|d| d.offset).collect::<Vec<_>>())
+    .bind(rows.iter().map(|d| d.kafka_ts).collect::<Vec<_>>())
+    .fetch_all(&mut *tx)
+    .await?;
+    Ok(out.iter().map(|r| r.get(0)).collect())
+}
+
+/// Explanations go in as flat arrays sliced per row in SQL: fixed widths for
+/// the weights, and NULL-padded history ids trimmed with `array_remove`.
+async fn insert_explanations(
+    tx: &mut sqlx::PgConnection,
+    rows: &[&DecisionRow],
+) -> Result<(), SinkError> {
+    let (Some(first), n) = (rows.first(), rows.len()) else {
+        return Ok(());
+    };
+    let (fw, hw) = (
+        first.feature_weights.len() as i32,
+        first.history_weights.len() as i32,
+    );
+    let mut feature_weights = Vec::with_capacity(n * fw as usize);
+    let mut history_weights = Vec::with_capacity(n * hw as usize);
+    let mut history_ids: Vec<Option<&str>> = Vec::with_capacity(n * hw as usize);
+    for d in rows {
+        feature_weights.extend_from_slice(&d.feature_weights);
+        history_weights.extend_from_slice(&d.history_weights);
+        for i in 0..hw as usize {
+            history_ids.push(d.history_tx_ids.get(i).map(String::as_str));
+        }
+    }
+    sqlx::query(
+        "INSERT INTO attention_explanations (tx_id, feature_weights, history_tx_ids, history_weights)
+         SELECT u.tx_id,
+                ($2::real[])[(u.i - 1) * $5 + 1 : u.i * $5],
+                array_remove(($3::text[])[(u.i - 1) * $6 + 1 : u.i * $6], NULL),
+                ($4::real[])[(u.i - 1) * $6 + 1 : u.i * $6]
+           FROM unnest($1::text[]) WITH ORDINALITY AS u(tx_id, i)",
+    )
+    .bind(rows.iter().map(|d| d.tx.tx_id.as_str()).collect::<Vec<_>>())
+    .bind(feature_weights)
+    .bind(history_ids)
+    .bind(history_weights)
+    .bind(fw)
+    .bind(hw)
+    .execute(&mut *tx)
+    .await?;
+    Ok(())
+}

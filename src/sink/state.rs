@@ -1,0 +1,110 @@
+//! Reads that rebuild featurizer state from what Postgres has committed.
+//!
+//! Card histories come from `risk_decisions` (exactly the committed
+//! transactions); terminal statistics from `risk_decisions` and `labels`,
+//! only for days every partition has closed (see [`crate::pipeline::watermark`]).
+
+use super::SinkError;
+use crate::features::{FraudReport, PastTx, HISTORY_LEN, MS_PER_DAY};
+use chrono::{DateTime, Utc};
+use sqlx::{PgPool, Row};
+use std::sync::Arc;
+
+fn day_start(day: i64) -> DateTime<Utc> {
+    DateTime::from_timestamp_millis(day * MS_PER_DAY).expect("day in range")
+}
+
+/// The remembered transactions of `cards`: the last [`HISTORY_LEN`] of each,
+/// and everything within the card retention of its newest one.
+pub async fn load_cards(
+    pool: &PgPool,
+    cards: &[String],
+    retention_ms: i64,
+) -> Result<Vec<(String, PastTx)>, SinkError> {
+    let rows = sqlx::query(
+        "SELECT card_id, tx_id, ts, amount::float8, terminal_id, country, channel FROM (
+             SELECT *, row_number() OVER (PARTITION BY card_id ORDER BY ts DESC) AS rn,
+                    max(ts) OVER (PARTITION BY card_id) AS newest
+               FROM risk_decisions WHERE card_id = ANY($1)) r
+          WHERE rn <= $2 OR ts >= newest - make_interval(secs => $3::float8 / 1000)
+          ORDER BY card_id, ts, source_offset",
+    )
+    .bind(cards)
+    .bind(HISTORY_LEN as i64)
+    .bind(retention_ms as f64)
+    .fetch_all(pool)
+    .await?;
+    Ok(rows
+        .iter()
+        .map(|r| {
+            let ts: DateTime<Utc> = r.get(2);
+            let channel: Option<String> = r.get(6);
+            let country: Option<String> = r.get(5);
+            let terminal: String = r.get(4);
+            let tx_id: String = r.get(1);
+            (
+                r.get(0),
+                PastTx {
+                    tx_id: Arc::from(tx_id),
+                    ts_ms: ts.timestamp_millis(),
+                    amount: r.get(3),
+                    terminal_id: Arc::from(terminal),
+                    country: country.map(Arc::from),
+                    ecom: channel.as_deref() == Some("ecom"),
+                },
+            )
+        })
+        .collect())
+}
+
+/// Transactions per terminal and day, for the closed days `[from, until)`.
+pub async fn terminal_counts(
+    pool: &PgPool,
+    from: i64,
+    until: i64,
+) -> Result<Vec<(String, i64, u32)>, SinkError> {
+    let rows = sqlx::query(
+        "SELECT terminal_id, floor(extract(epoch FROM ts) / 86400)::bigint AS day, count(*)
+           FROM risk_decisions WHERE ts >= $1 AND ts < $2 GROUP BY 1, 2",
+    )
+    .bind(day_start(from))
+    .bind(day_start(until))
+    .fetch_all(pool)
+    .await?;
+    Ok(rows
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get::<i64, _>(2) as u32))
+        .collect())
+}
+
+/// Frauds on tx days `[from, until)` whose label was reported before day `reported_before`.
+pub async fn terminal_frauds(
+    pool: &PgPool,
+    from: i64,
+    until: i64,
+    reported_before: i64,
+) -> Result<Vec<(String, FraudReport)>, SinkError> {
+    let rows = sqlx::query(
+        "SELECT d.terminal_id, floor(extract(epoch FROM d.ts) / 86400)::bigint,
+                floor(extract(epoch FROM l.reported_at) / 86400)::bigint
+           FROM labels l JOIN risk_decisions d USING (tx_id)
+          WHERE l.is_fraud AND l.reported_at < $3 AND d.ts >= $1 AND d.ts < $2",
+    )
+    .bind(day_start(from))
+    .bind(day_start(until))
+    .bind(day_start(reported_before))
+    .fetch_all(pool)
+    .await?;
+    Ok(rows
+        .iter()
+        .map(|r| {
+            (
+                r.get(0),
+                FraudReport {
+                    tx_day: r.get(1),
+                    reported_day: r.get(2),
+                },
+            )
+        })
+        .collect())
+}
