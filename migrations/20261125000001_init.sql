@@ -50,7 +50,6 @@ CREATE TABLE risk_decisions (
 );
 CREATE INDEX risk_decisions_card_ts ON risk_decisions (card_id, ts);
 CREATE INDEX risk_decisions_ts ON risk_decisions (ts);
-CREATE INDEX risk_decisions_decided_at ON risk_decisions (decided_at);
 
 -- Attention weights, aligned with model_versions.feature_names and with
 -- history_tx_ids (position 0 = the most recent earlier transaction of the card).

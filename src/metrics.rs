@@ -14,8 +14,8 @@ pub struct Metrics {
     pub consumed: IntCounterVec,
     /// Decisions committed to Postgres, by outcome.
     pub decided: IntCounterVec,
-    /// Records dead-lettered, by stream.
-    pub dead_letters: IntCounterVec,
+    /// Records dead-lettered (both streams).
+    pub dead_letters: IntCounter,
     /// Labels committed.
     pub labels: IntCounter,
     /// Seconds per stage per batch (`featurize`, `score`, `sink`, `total`).
@@ -51,11 +51,8 @@ impl Metrics {
                 &["decision"],
             )
             .unwrap(),
-            dead_letters: IntCounterVec::new(
-                Opts::new("riskstream_dead_letters_total", "Records dead-lettered"),
-                &["stream"],
-            )
-            .unwrap(),
+            dead_letters: IntCounter::new("riskstream_dead_letters_total", "Records dead-lettered")
+                .unwrap(),
             labels: IntCounter::new("riskstream_labels_total", "Labels committed").unwrap(),
             stage_seconds: HistogramVec::new(
                 HistogramOpts::new("riskstream_stage_seconds", "Seconds per batch and stage")

@@ -35,19 +35,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-FEATURE_NAMES = [
-    "amount_log",
-    "card_count_1d", "card_avg_amount_1d",
-    "card_count_7d", "card_avg_amount_7d",
-    "card_count_30d", "card_avg_amount_30d",
-    "terminal_count_1d", "terminal_risk_1d",
-    "terminal_count_7d", "terminal_risk_7d",
-    "terminal_count_30d", "terminal_risk_30d",
-    "is_night", "is_weekend", "is_ecom",
-    "amount_ratio_30d", "card_count_10m",
-    "secs_since_prev_log", "country_change_1h",
-]
-K = 16  # history length
+from contract import FEATURE_NAMES, K
 DAY = 86_400
 NO_PREV_SECS = 30 * DAY  # "no previous transaction" is encoded as 30 days ago
 TERMINAL_DELAY = 7 * DAY  # fraud labels are known ~7 days late

@@ -38,18 +38,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from sklearn.metrics import average_precision_score, roc_auc_score
 
-FEATURE_NAMES = [
-    "amount_log",
-    "card_count_1d", "card_avg_amount_1d",
-    "card_count_7d", "card_avg_amount_7d",
-    "card_count_30d", "card_avg_amount_30d",
-    "terminal_count_1d", "terminal_risk_1d",
-    "terminal_count_7d", "terminal_risk_7d",
-    "terminal_count_30d", "terminal_risk_30d",
-    "is_night", "is_weekend", "is_ecom",
-    "amount_ratio_30d", "card_count_10m",
-    "secs_since_prev_log", "country_change_1h",
-]
+from contract import FEATURE_NAMES, HISTORY_FIELDS, K
 # Heavy-tailed, non-negative features: log1p before standardizing, so one card
 # with 500 tx/day or a 50k purchase does not squash everyone else to ~0.
 LOG_SCALED = {
@@ -57,8 +46,7 @@ LOG_SCALED = {
     "card_count_30d", "card_avg_amount_30d", "terminal_count_1d", "terminal_count_7d",
     "terminal_count_30d", "amount_ratio_30d", "card_count_10m",
 }
-HISTORY_FIELDS = ["amount_log", "gap_log", "same_terminal", "same_country", "is_ecom", "hour_frac"]
-N_FEAT, K, H_FIELDS = len(FEATURE_NAMES), 16, len(HISTORY_FIELDS)
+N_FEAT, H_FIELDS = len(FEATURE_NAMES), len(HISTORY_FIELDS)
 MS_PER_DAY = 86_400_000
 MASK_NEG = -1e9  # contract: large negative, not -inf, so an all-padding row cannot produce NaN
 

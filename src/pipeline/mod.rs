@@ -611,9 +611,7 @@ async fn sink_stage(
         for d in &batch.decisions {
             m.decided.with_label_values(&[d.decision.as_str()]).inc();
         }
-        m.dead_letters
-            .with_label_values(&["all"])
-            .inc_by(written.dead_letters as u64);
+        m.dead_letters.inc_by(written.dead_letters as u64);
         m.labels.inc_by(written.labels as u64);
         let rows = work.txs.len() + work.labels.len() + work.dead_letters.len();
         m.in_flight.sub(rows as i64);

@@ -387,44 +387,74 @@ async fn insert_decisions(
     Ok(out.iter().map(|r| r.get(0)).collect())
 }
 
-/// Explanations go in as flat arrays sliced per row in SQL: fixed widths for
-/// the weights, and NULL-padded history ids trimmed with `array_remove`.
+/// Explanations go in as one Postgres array literal per row and column:
+/// parsing a short literal per row is cheap, where slicing one large array
+/// parameter per row made Postgres copy the whole array each time.
 async fn insert_explanations(
     tx: &mut sqlx::PgConnection,
     rows: &[&DecisionRow],
 ) -> Result<(), SinkError> {
-    let (Some(first), n) = (rows.first(), rows.len()) else {
+    if rows.is_empty() {
         return Ok(());
-    };
-    let (fw, hw) = (
-        first.feature_weights.len() as i32,
-        first.history_weights.len() as i32,
-    );
-    let mut feature_weights = Vec::with_capacity(n * fw as usize);
-    let mut history_weights = Vec::with_capacity(n * hw as usize);
-    let mut history_ids: Vec<Option<&str>> = Vec::with_capacity(n * hw as usize);
-    for d in rows {
-        feature_weights.extend_from_slice(&d.feature_weights);
-        history_weights.extend_from_slice(&d.history_weights);
-        for i in 0..hw as usize {
-            history_ids.push(d.history_tx_ids.get(i).map(String::as_str));
-        }
     }
     sqlx::query(
         "INSERT INTO attention_explanations (tx_id, feature_weights, history_tx_ids, history_weights)
-         SELECT u.tx_id,
-                ($2::real[])[(u.i - 1) * $5 + 1 : u.i * $5],
-                array_remove(($3::text[])[(u.i - 1) * $6 + 1 : u.i * $6], NULL),
-                ($4::real[])[(u.i - 1) * $6 + 1 : u.i * $6]
-           FROM unnest($1::text[]) WITH ORDINALITY AS u(tx_id, i)",
+         SELECT tx_id, fw::real[], ids::text[], hw::real[]
+           FROM unnest($1::text[], $2::text[], $3::text[], $4::text[]) AS u(tx_id, fw, ids, hw)",
     )
     .bind(rows.iter().map(|d| d.tx.tx_id.as_str()).collect::<Vec<_>>())
-    .bind(feature_weights)
-    .bind(history_ids)
-    .bind(history_weights)
-    .bind(fw)
-    .bind(hw)
+    .bind(rows.iter().map(|d| real_array(&d.feature_weights)).collect::<Vec<_>>())
+    .bind(rows.iter().map(|d| text_array(&d.history_tx_ids)).collect::<Vec<_>>())
+    .bind(rows.iter().map(|d| real_array(&d.history_weights)).collect::<Vec<_>>())
     .execute(&mut *tx)
     .await?;
     Ok(())
+}
+
+/// `{0.25,0.75}`: Rust's shortest round-trip formatting, so the stored
+/// `real` is exactly the f32 the model returned.
+fn real_array(values: &[f32]) -> String {
+    let mut out = String::with_capacity(values.len() * 12 + 2);
+    out.push('{');
+    for (i, v) in values.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        out.push_str(&v.to_string());
+    }
+    out.push('}');
+    out
+}
+
+/// `{"a","b \"c\""}`: every element quoted, `"` and `\` escaped.
+fn text_array(values: &[String]) -> String {
+    let mut out = String::from("{");
+    for (i, v) in values.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        out.push('"');
+        for c in v.chars() {
+            if c == '"' || c == '\\' {
+                out.push('\\');
+            }
+            out.push(c);
+        }
+        out.push('"');
+    }
+    out.push('}');
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn array_literals_round_trip_through_postgres_syntax() {
+        assert_eq!(real_array(&[0.25, 1e-7, 0.0]), "{0.25,0.0000001,0}");
+        assert_eq!(real_array(&[]), "{}");
+        let ids = vec!["tx-1".to_string(), r#"we"ird\id,{}"#.to_string()];
+        assert_eq!(text_array(&ids), r#"{"tx-1","we\"ird\\id,{}"}"#);
+    }
 }
