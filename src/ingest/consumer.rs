@@ -10,7 +10,7 @@ use rdkafka::message::Message;
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use rdkafka::{ClientConfig, ClientContext};
 use sqlx::PgPool;
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc as std_mpsc, Arc, Mutex};
 use std::time::Duration;
@@ -35,6 +35,8 @@ struct Rebalancer {
     /// Raised from the start of a revocation until the next assignment, so
     /// the pipeline stops waiting on watermarks and lets the drain finish.
     revoking: Arc<AtomicBool>,
+    /// Partitions paused by the poll loop; a new assignment starts unpaused.
+    paused: Arc<Mutex<BTreeSet<i32>>>,
 }
 
 impl ClientContext for Rebalancer {}
@@ -58,6 +60,7 @@ impl ConsumerContext for Rebalancer {
             }
             RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
                 self.revoking.store(true, Ordering::Relaxed);
+                self.paused.lock().expect("lock").clear();
                 self.drain();
                 self.epochs.lock().expect("lock").clear();
                 let _ = consumer.unassign();
@@ -108,6 +111,9 @@ impl Rebalancer {
         }
         *self.epochs.lock().expect("lock") = epochs;
         consumer.assign(tpl)?;
+        // librdkafka keeps a partition's pause flag across assignments; a
+        // partition paused under the old assignment must start flowing again.
+        consumer.resume(tpl)?;
         Ok(())
     }
 }
@@ -116,6 +122,25 @@ pub struct ConsumerHandle {
     pub thread: std::thread::JoinHandle<()>,
     /// Set when the consumer stopped because of an error.
     pub failed: Arc<Mutex<Option<String>>>,
+}
+
+/// Partitions the pipeline wants paused: it holds more of their records than
+/// it can use until a lagging partition catches up (event-time alignment).
+/// The poll loop applies changes; pausing is flow control, never loss: a
+/// resumed partition continues after the last record delivered.
+#[derive(Debug, Default)]
+pub struct PauseRequests {
+    wanted: Mutex<BTreeSet<i32>>,
+}
+
+impl PauseRequests {
+    pub fn set(&self, partitions: BTreeSet<i32>) {
+        *self.wanted.lock().expect("lock") = partitions;
+    }
+
+    fn wanted(&self) -> BTreeSet<i32> {
+        self.wanted.lock().expect("lock").clone()
+    }
 }
 
 /// What one consumer reads, and as which group.
@@ -137,10 +162,12 @@ pub fn spawn_consumer(
     out: mpsc::Sender<Ingested>,
     stop: Arc<AtomicBool>,
     revoking: Arc<AtomicBool>,
+    pauses: Arc<PauseRequests>,
     metrics: Arc<Metrics>,
 ) -> KafkaResult<ConsumerHandle> {
     let failed = Arc::new(Mutex::new(None));
     let epochs = Arc::new(Mutex::new(HashMap::new()));
+    let paused = Arc::new(Mutex::new(BTreeSet::new()));
     let context = Rebalancer {
         pool,
         runtime: tokio::runtime::Handle::current(),
@@ -150,6 +177,7 @@ pub fn spawn_consumer(
         epochs: epochs.clone(),
         failed: failed.clone(),
         revoking,
+        paused: paused.clone(),
     };
     let mut client = ClientConfig::new();
     for (k, v) in &cfg.properties {
@@ -169,12 +197,16 @@ pub fn spawn_consumer(
     let consumer: BaseConsumer<Rebalancer> = client.create_with_context(context)?;
     let topics: Vec<&str> = sub.topics.iter().map(String::as_str).collect();
     consumer.subscribe(&topics)?;
-    let labels_topic = sub.labels_topic;
+    let labels_topic = sub.labels_topic.clone();
     let thread_failed = failed.clone();
     let thread = std::thread::Builder::new()
         .name("kafka-consumer".into())
         .spawn(move || {
+            let transactions_topic = sub.topics.iter().find(|t| **t != labels_topic).cloned();
             while !stop.load(Ordering::Relaxed) {
+                if let Some(topic) = &transactions_topic {
+                    apply_pauses(&consumer, topic, &pauses, &paused, &epochs);
+                }
                 let Some(polled) = consumer.poll(Duration::from_millis(100)) else {
                     continue;
                 };
@@ -222,4 +254,52 @@ pub fn spawn_consumer(
         })
         .expect("spawn consumer thread");
     Ok(ConsumerHandle { thread, failed })
+}
+
+/// Bring librdkafka's paused set in line with what the pipeline asks for,
+/// for partitions this consumer currently owns.
+fn apply_pauses(
+    consumer: &BaseConsumer<Rebalancer>,
+    topic: &str,
+    requests: &PauseRequests,
+    paused: &Mutex<BTreeSet<i32>>,
+    epochs: &Mutex<HashMap<(String, i32), i64>>,
+) {
+    let owned: BTreeSet<i32> = epochs
+        .lock()
+        .expect("lock")
+        .keys()
+        .filter(|(t, _)| t == topic)
+        .map(|(_, p)| *p)
+        .collect();
+    let wanted: BTreeSet<i32> = requests.wanted().intersection(&owned).copied().collect();
+    let mut paused = paused.lock().expect("lock");
+    let list = |ps: Vec<i32>| {
+        let mut tpl = TopicPartitionList::new();
+        for p in ps {
+            tpl.add_partition(topic, p);
+        }
+        tpl
+    };
+    let pause: Vec<i32> = wanted.difference(&paused).copied().collect();
+    let resume: Vec<i32> = paused
+        .intersection(&owned)
+        .filter(|p| !wanted.contains(p))
+        .copied()
+        .collect();
+    if !pause.is_empty() {
+        match consumer.pause(&list(pause.clone())) {
+            Ok(()) => paused.extend(pause),
+            Err(e) => tracing::warn!(error = %e, "cannot pause partitions"),
+        }
+    }
+    if !resume.is_empty() {
+        match consumer.resume(&list(resume.clone())) {
+            Ok(()) => resume.iter().for_each(|p| {
+                paused.remove(p);
+            }),
+            Err(e) => tracing::warn!(error = %e, "cannot resume partitions"),
+        }
+    }
+    paused.retain(|p| owned.contains(p));
 }

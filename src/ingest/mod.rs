@@ -10,7 +10,7 @@
 mod consumer;
 pub mod topics;
 
-pub use consumer::{spawn_consumer, ConsumerHandle, Subscription};
+pub use consumer::{spawn_consumer, ConsumerHandle, PauseRequests, Subscription};
 
 use std::sync::mpsc as std_mpsc;
 

@@ -71,6 +71,16 @@ impl Pending {
         self.len = 0;
     }
 
+    /// Partitions holding more than `limit` waiting records: the consumer
+    /// pauses them so a lagging partition's records can come through.
+    pub fn partitions_over(&self, limit: usize) -> std::collections::BTreeSet<i32> {
+        self.queues
+            .iter()
+            .filter(|(_, q)| q.len() > limit)
+            .map(|(p, _)| *p)
+            .collect()
+    }
+
     pub fn push(&mut self, r: Record) {
         #[derive(serde::Deserialize)]
         struct EventTime {

@@ -288,6 +288,7 @@ fn spawn_pipeline(
     revoking: Arc<AtomicBool>,
 ) -> Result<Pipeline, EngineError> {
     let (records_tx, records_rx) = mpsc::channel(shared.config.pipeline.channel_capacity_rows);
+    let pauses = Arc::new(ingest::PauseRequests::default());
     let (featurized_tx, featurized_rx) = mpsc::channel(2);
     let (scored_tx, scored_rx) = mpsc::channel(2);
     let group = sub.group.clone();
@@ -299,13 +300,15 @@ fn spawn_pipeline(
         records_tx,
         stop,
         revoking.clone(),
+        pauses.clone(),
         shared.metrics.clone(),
     )?;
     let stages = vec![
         tokio::spawn(featurize_stage(
             shared.clone(),
             loader,
-            revoking.clone(),
+            revoking,
+            pauses,
             records_rx,
             featurized_tx,
         )),
@@ -351,6 +354,7 @@ async fn featurize_stage(
     shared: Arc<Shared>,
     mut loader: Option<TerminalLoader>,
     revoking: Arc<AtomicBool>,
+    pauses: Arc<ingest::PauseRequests>,
     mut input: mpsc::Receiver<Ingested>,
     out: mpsc::Sender<Item>,
 ) -> Result<(), EngineError> {
@@ -419,6 +423,7 @@ async fn featurize_stage(
             dropping = true;
             pending.clear();
         }
+        pauses.set(pending.partitions_over(p.channel_capacity_rows / 2));
 
         // Featurize every piece that is ready, oldest first.
         while !dropping && !pending.is_empty() {
@@ -458,6 +463,7 @@ async fn featurize_stage(
             // Cards of revoked partitions may change under their next owner.
             cards.clear();
             pending.clear();
+            pauses.set(Default::default());
             dropping = false;
             blocked_since = None;
             if out.send(Item::Barrier(ack)).await.is_err() {
