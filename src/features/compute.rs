@@ -152,11 +152,21 @@ fn card_windows(batch: &[Transaction], cards: &CardState) -> PolarsResult<CardWi
         ));
     }
     rows.sort_unstable_by_key(|r| (r.0, r.1, r.2));
+    // A card's transactions at the same millisecond are ordered by arrival
+    // (a microsecond apart), so a window ends at the current transaction
+    // whether or not a same-time successor happens to be in the same batch.
+    let mut ts_us: Vec<i64> = Vec::with_capacity(rows.len());
+    for (i, r) in rows.iter().enumerate() {
+        let tie = match i.checked_sub(1).map(|j| &rows[j]) {
+            Some(prev) if (prev.0, prev.1) == (r.0, r.1) => (ts_us[i - 1] % 1000 + 1).min(999),
+            _ => 0,
+        };
+        ts_us.push(r.1 * 1000 + tie);
+    }
 
     let df = DataFrame::new_infer_height(vec![
         Column::new("card".into(), rows.iter().map(|r| r.0).collect::<Vec<_>>()),
-        Column::new("ts".into(), rows.iter().map(|r| r.1).collect::<Vec<_>>())
-            .cast(&DataType::Datetime(TimeUnit::Milliseconds, None))?,
+        Column::new("ts".into(), ts_us).cast(&DataType::Datetime(TimeUnit::Microseconds, None))?,
         Column::new("cents".into(), rows.iter().map(|r| r.3).collect::<Vec<_>>()),
         Column::new("one".into(), vec![1i64; rows.len()]),
         Column::new("row".into(), rows.iter().map(|r| r.4).collect::<Vec<_>>()),
@@ -304,7 +314,7 @@ mod tests {
 
     #[test]
     fn batch_boundaries_do_not_change_features() {
-        let txs: Vec<_> = (0..200)
+        let mut txs: Vec<_> = (0..200)
             .map(|i| {
                 tx(
                     &format!("t{i}"),
@@ -316,6 +326,9 @@ mod tests {
                 )
             })
             .collect();
+        // Same card, same second: the split below puts them in different batches.
+        txs[34].ts = txs[33].ts;
+        txs[34].card_id = txs[33].card_id.clone();
         let terms = TerminalStats::default();
         let whole = featurize(&txs, &mut CardState::default(), &terms, 7).unwrap();
         let mut cards = CardState::default();
