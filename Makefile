@@ -1,7 +1,7 @@
 # riskstream: what CI runs is what a person runs.
 #
 #   make demo          set everything up, stream a simulated workload through the engine, show Postgres
-#   make test          set everything up and run every test (unit + end-to-end on real Kafka/Postgres)
+#   make test          set everything up; fmt, clippy, then every test (unit + end-to-end on real Kafka/Postgres)
 #   make bench         throughput/latency benchmark vs. the Python baseline -> docs/BENCHMARKS.md
 #   make train         retrain the fraud model from the simulator (needs PyTorch; not used by tests)
 #   make lint          rustfmt --check and clippy -D warnings
@@ -47,6 +47,7 @@ demo: build stack-up
 
 test: build stack-up
 	$(ENV) cargo fmt --all -- --check
+	$(ENV) cargo clippy --all-targets -- -D warnings
 	$(ENV) $(MAKE) --no-print-directory model-check unit-test integration-test
 
 unit-test:

@@ -22,6 +22,9 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+/// A partition's committed position: `(topic, partition, offset)`.
+type HeadKey = (String, i32, i64);
+
 /// Records read past poison at a partition's head before giving up for now.
 const PEEK_LIMIT: usize = 1000;
 
@@ -55,7 +58,7 @@ pub struct TerminalLoader {
     delay_days: i64,
     late_tolerance_ms: i64,
     /// (topic, partition, offset) → event time of the first valid record at or after it.
-    peeked: HashMap<(String, i32, i64), i64>,
+    peeked: HashMap<HeadKey, i64>,
 }
 
 /// Whether a batch can be featurized, and on what terms.
@@ -107,7 +110,7 @@ impl TerminalLoader {
                 .collect();
         let kafka = self.kafka.clone();
         let s = stream.clone();
-        let known: HashMap<(String, i32, i64), i64> = self.peeked.clone();
+        let known: HashMap<HeadKey, i64> = self.peeked.clone();
         let peeked = tokio::task::spawn_blocking(move || {
             let consumer = kafka.lock().expect("watermark consumer lock");
             heads(&consumer, &s, &committed, &known)
@@ -240,8 +243,8 @@ fn heads(
     consumer: &BaseConsumer,
     s: &Stream,
     committed: &HashMap<i32, i64>,
-    known: &HashMap<(String, i32, i64), i64>,
-) -> rdkafka::error::KafkaResult<Vec<((String, i32, i64), Head)>> {
+    known: &HashMap<HeadKey, i64>,
+) -> rdkafka::error::KafkaResult<Vec<(HeadKey, Head)>> {
     let timeout = Duration::from_secs(5);
     let md = consumer.fetch_metadata(Some(&s.topic), timeout)?;
     let mut out = Vec::new();
