@@ -411,28 +411,29 @@ async fn insert_explanations(
     Ok(())
 }
 
-/// `{0.25,0.75}`: Rust's shortest round-trip formatting, so the stored
-/// `real` is exactly the f32 the model returned.
-fn real_array(values: &[f32]) -> String {
+/// A Postgres array literal, `{a,b}`, with each element written by `element`.
+fn array_literal<T>(values: &[T], element: impl Fn(&mut String, &T)) -> String {
     let mut out = String::with_capacity(values.len() * 12 + 2);
     out.push('{');
     for (i, v) in values.iter().enumerate() {
         if i > 0 {
             out.push(',');
         }
-        out.push_str(&v.to_string());
+        element(&mut out, v);
     }
     out.push('}');
     out
 }
 
+/// `{0.25,0.75}`: Rust's shortest round-trip formatting, so the stored
+/// `real` is exactly the f32 the model returned.
+fn real_array(values: &[f32]) -> String {
+    array_literal(values, |out, v| out.push_str(&v.to_string()))
+}
+
 /// `{"a","b \"c\""}`: every element quoted, `"` and `\` escaped.
 fn text_array(values: &[String]) -> String {
-    let mut out = String::from("{");
-    for (i, v) in values.iter().enumerate() {
-        if i > 0 {
-            out.push(',');
-        }
+    array_literal(values, |out, v| {
         out.push('"');
         for c in v.chars() {
             if c == '"' || c == '\\' {
@@ -441,9 +442,7 @@ fn text_array(values: &[String]) -> String {
             out.push(c);
         }
         out.push('"');
-    }
-    out.push('}');
-    out
+    })
 }
 
 #[cfg(test)]
