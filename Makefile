@@ -3,7 +3,9 @@
 #   make demo          set everything up, stream a simulated workload through the engine, show Postgres
 #   make test          set everything up; fmt, clippy, then every test (unit + end-to-end on real Kafka/Postgres)
 #   make bench         throughput/latency benchmark vs. the Python baseline -> docs/BENCHMARKS.md
-#   make train         retrain the fraud model from the simulator (needs PyTorch; not used by tests)
+#   make train         retrain every committed model from the simulator (needs PyTorch; not used by tests)
+#   make study         the fraud model study: every model/positional encoding, 4 folds -> docs/MODELS.md (~40 min)
+#   make evaluate      handbook-protocol metrics of MODEL on DATA, FOLDS weekly test windows (release build)
 #   make lint          rustfmt --check and clippy -D warnings
 #   make setup         install system packages, Kafka jars, .venv with onnxruntime (idempotent)
 #   make stack-up      start local Kafka (127.0.0.1:39092) + PostgreSQL (127.0.0.1:55432)
@@ -19,7 +21,7 @@ SHELL := bash
 # CARGO_TARGET_DIR and the stack's addresses from scripts/env.sh.
 ENV := source scripts/env.sh &&
 
-.PHONY: help setup stack-up stack-down stack-status stack-reset build demo test unit-test integration-test model-check lint bench train
+.PHONY: help setup stack-up stack-down stack-status stack-reset build demo test unit-test integration-test model-check lint bench train study evaluate
 
 help:
 	@sed -n 's/^#   make /make /p' $(firstword $(MAKEFILE_LIST))
@@ -69,3 +71,17 @@ bench: setup stack-up
 
 train:
 	bash training/train.sh
+
+# Resumes: configurations with a result in training/results/ are skipped (RERUN=1 reruns all).
+study:
+	bash training/data.sh training/.data/features64.parquet
+	.venv-train/bin/python training/study.py --data training/.data/features64.parquet $(if $(RERUN),--rerun)
+
+# AUC ROC, average precision and card precision@100 of a model on a labelled
+# transaction file (Fraud Detection Handbook protocol),
+# for example `make evaluate MODEL=models/other DATA=tx.parquet FOLDS=1`.
+MODEL ?= models/fraud-attention
+DATA ?= training/.data/transactions.parquet
+FOLDS ?= 4
+evaluate: setup
+	$(ENV) cargo run --release -- evaluate --model $(MODEL) --data $(DATA) --folds $(FOLDS)

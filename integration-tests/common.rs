@@ -277,6 +277,28 @@ listen = ""
             foreign, 0,
             "history positions point at earlier transactions of the same card"
         );
+        // The explanation an analyst reads first: the past transaction with the highest
+        // history weight. It must be a decided transaction of the same card, earlier.
+        let with_history = self
+            .count(
+                "SELECT count(*) FROM attention_explanations WHERE cardinality(history_tx_ids) > 0",
+            )
+            .await;
+        assert!(with_history > 0, "some decisions have a history to explain");
+        let top_ok = self
+            .count(
+                "SELECT count(*) FROM attention_explanations e JOIN risk_decisions d USING (tx_id)
+                   CROSS JOIN LATERAL (
+                        SELECT h.tx FROM unnest(e.history_tx_ids, e.history_weights) AS h(tx, w)
+                         WHERE h.tx IS NOT NULL ORDER BY h.w DESC LIMIT 1) top
+                   JOIN risk_decisions p ON p.tx_id = top.tx
+                  WHERE p.card_id = d.card_id AND p.ts <= d.ts",
+            )
+            .await;
+        assert_eq!(
+            top_ok, with_history,
+            "the top history weight of every decision refers to an earlier transaction of the same card"
+        );
         let ends = self.end_offsets(&self.topic("transactions"));
         for (p, end) in ends {
             let stored: Option<i64> = sqlx::query_scalar(

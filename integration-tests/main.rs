@@ -6,8 +6,10 @@
 //! `kill -9`s. Run with `--test-threads=1`: the tests are heavy and share
 //! two cores.
 
+mod attention_parity;
 mod common;
 mod config_errors;
 mod exactly_once;
 mod model_golden;
 mod poison;
+mod serve;

@@ -5,7 +5,7 @@ use crate::config::{Config, ConfigError, KafkaConfig};
 use crate::metrics::Metrics;
 use crate::scoring::Scorer;
 use crate::simulate::{self, SimConfig, Simulator};
-use crate::{pipeline, serve, sink};
+use crate::{pipeline, registry, serve, sink};
 use anyhow::{Context, Result};
 use sqlx::Row;
 use std::path::Path;
@@ -37,6 +37,102 @@ pub async fn run(config: &Config) -> Result<ExitCode> {
     let summary = pipeline::run(config.clone(), metrics, ready, shutdown).await?;
     tracing::info!(?summary, "engine stopped");
     Ok(ExitCode::SUCCESS)
+}
+
+/// `riskstream serve`: every model under `--models` over the Open Inference
+/// Protocol v2, hot-swapped as its directory changes, until SIGINT/SIGTERM.
+pub async fn serve_models(opts: serve::v2::Options) -> Result<ExitCode> {
+    let shutdown = CancellationToken::new();
+    tokio::spawn(signals(shutdown.clone()));
+    serve::v2::serve(opts, shutdown)
+        .await
+        .context("riskstream serve")?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `riskstream models list`: load every model under `root` as `serve` would
+/// and show what it would serve.
+pub async fn list_models(root: &Path) -> Result<ExitCode> {
+    let root = root.to_owned();
+    let statuses = tokio::task::spawn_blocking(move || {
+        let metrics = Arc::new(crate::metrics::ServeMetrics::new());
+        let registry = registry::Registry::new(&root, registry::LoadOptions::default(), metrics);
+        registry.scan(false);
+        registry.statuses()
+    })
+    .await?;
+    for m in &statuses {
+        let or_dash = |v: &Option<String>| v.clone().unwrap_or_else(|| "-".into());
+        println!(
+            "{:<24} {:<8} {:<20} {:<11} {}",
+            or_dash(&m.name),
+            or_dash(&m.version),
+            or_dash(&m.task),
+            m.state,
+            m.dir
+        );
+        let list = |specs: &[crate::scoring::manifest::TensorSpec]| {
+            specs
+                .iter()
+                .map(registry::describe)
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        println!("    inputs:  {}", list(&m.inputs));
+        println!("    outputs: {}", list(&m.outputs));
+        if let Some(reason) = &m.reason {
+            println!("    reason:  {reason}");
+        }
+    }
+    if statuses.is_empty() {
+        println!("no model directories (with a manifest.json) found");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `riskstream models verify [DIR]`: every model under DIR (or DIR itself):
+/// manifest, sha256, IO against the graph, golden outputs. Non-zero exit
+/// if any problem, each named.
+pub async fn verify_models(dir: &Path) -> Result<ExitCode> {
+    let owned = dir.to_owned();
+    let results = tokio::task::spawn_blocking(move || registry::verify(&owned))
+        .await?
+        .with_context(|| format!("read {}", dir.display()))?;
+    if results.is_empty() {
+        eprintln!(
+            "{}: no model directories (with a manifest.json)",
+            dir.display()
+        );
+        return Ok(ExitCode::FAILURE);
+    }
+    let mut ok = true;
+    for result in results {
+        match result {
+            Ok(m) => println!(
+                "{}: {} v{} sha256 {} ok ({}; batching {})",
+                m.dir.display(),
+                m.name(),
+                m.version(),
+                m.manifest.sha256,
+                match m.golden_rows {
+                    Some(rows) => format!("golden.json: {rows} rows match"),
+                    None => "no golden.json".into(),
+                },
+                if m.batching() { "on" } else { "off" }
+            ),
+            Err(e) => {
+                ok = false;
+                for problem in &e.problems {
+                    eprintln!("{}: {problem}", e.dir.display());
+                }
+            }
+        }
+    }
+    Ok(if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }
 
 async fn signals(shutdown: CancellationToken) {
@@ -91,6 +187,19 @@ pub fn verify_model(dir: &Path) -> Result<ExitCode> {
             Ok(ExitCode::FAILURE)
         }
     }
+}
+
+/// `riskstream evaluate`: the table on stdout and, with `json`, the same
+/// numbers in a file. Reading, featurizing and scoring run on a blocking thread.
+pub async fn evaluate(opts: crate::evaluate::Options, json: Option<&Path>) -> Result<ExitCode> {
+    let report = tokio::task::spawn_blocking(move || crate::evaluate::run(&opts)).await??;
+    print!("{}", report.table());
+    if let Some(path) = json {
+        std::fs::write(path, serde_json::to_string_pretty(&report)? + "\n")
+            .with_context(|| format!("write {}", path.display()))?;
+        println!("\nwrote {}", path.display());
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 pub async fn migrate(config: &Config) -> Result<ExitCode> {

@@ -4,14 +4,17 @@
 //! (polars) → [`scoring`] (ONNX Runtime) → [`decision`] → [`sink`] (one
 //! Postgres transaction per batch, offsets included). See `docs/ARCHITECTURE.md`.
 
+pub mod attention;
 pub mod cli;
 pub mod config;
 pub mod decision;
+pub mod evaluate;
 pub mod event;
 pub mod features;
 pub mod ingest;
 pub mod metrics;
 pub mod pipeline;
+pub mod registry;
 pub mod scoring;
 pub mod serve;
 pub mod simulate;

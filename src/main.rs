@@ -43,8 +43,18 @@ enum Command {
         out: PathBuf,
         #[arg(long, default_value_t = 7)]
         label_delay_days: i64,
+        /// Past transactions per row in `history` / `history_mask` (the online engine uses 16).
+        #[arg(long, default_value_t = riskstream::features::HISTORY_LEN,
+              value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+        history_len: usize,
     },
-    /// Model directories: verify checksums and IO contracts.
+    /// Handbook-protocol metrics (AUC ROC, average precision, card precision@100)
+    /// of a fraud model on a labelled transaction file.
+    Evaluate(EvaluateArgs),
+    /// Serve every model under --models over HTTP (Open Inference Protocol v2,
+    /// /metrics), with dynamic batching and hot swap.
+    Serve(riskstream::serve::v2::Options),
+    /// Model directories: list them, verify checksums, IO and golden outputs.
     Models {
         #[command(subcommand)]
         command: ModelsCommand,
@@ -68,10 +78,49 @@ struct SimulateArgs {
     rate: Option<f64>,
 }
 
+#[derive(clap::Args)]
+struct EvaluateArgs {
+    /// Model directory (manifest.json + model.onnx).
+    #[arg(long, default_value = "models/fraud-attention")]
+    model: PathBuf,
+    /// Labelled transactions (.parquet, .jsonl or .csv) with is_fraud (and scenario).
+    #[arg(long)]
+    data: PathBuf,
+    /// First test day (YYYY-MM-DD, UTC) of fold 0; default: the last full days of the file.
+    #[arg(long)]
+    test_start: Option<chrono::NaiveDate>,
+    #[arg(long, default_value_t = 7)]
+    test_days: i64,
+    /// Days between the training window and the test window.
+    #[arg(long, default_value_t = 7)]
+    delay_days: i64,
+    /// Training window length; its frauds mark cards as known compromised.
+    #[arg(long, default_value_t = 7)]
+    train_days: i64,
+    /// Test windows, each starting 7 days before the previous one.
+    #[arg(long, default_value_t = 1)]
+    folds: usize,
+    /// The featurizer's terminal label delay, as in `riskstream features`.
+    #[arg(long, default_value_t = 7)]
+    label_delay_days: i64,
+    /// Also write the numbers as JSON to this file.
+    #[arg(long)]
+    json: Option<PathBuf>,
+}
+
 #[derive(Subcommand)]
 enum ModelsCommand {
-    /// Verify a model directory (default: the configured model).
-    Verify { dir: Option<PathBuf> },
+    /// Load every model under a models root: name, version, task, inputs/outputs, status.
+    List {
+        #[arg(default_value = "models")]
+        dir: PathBuf,
+    },
+    /// Verify every model under DIR (a models root, or one model directory):
+    /// sha256, IO against the graph, golden outputs. Exits non-zero naming each problem.
+    Verify {
+        #[arg(default_value = "models")]
+        dir: PathBuf,
+    },
 }
 
 fn main() -> ExitCode {
@@ -130,25 +179,40 @@ async fn dispatch(cli: Cli) -> Result<ExitCode> {
             input,
             out,
             label_delay_days,
+            history_len,
         } => {
             let n = riskstream::features::offline::featurize_file(
                 &input,
                 &out,
                 label_delay_days,
+                history_len,
                 2000,
             )?;
             println!("featurized {n} transactions into {}", out.display());
             Ok(ExitCode::SUCCESS)
         }
+        Command::Evaluate(a) => {
+            let opts = riskstream::evaluate::Options {
+                model: a.model,
+                data: a.data,
+                test_start: a.test_start,
+                protocol: riskstream::evaluate::Protocol {
+                    test_days: a.test_days,
+                    delay_days: a.delay_days,
+                    train_days: a.train_days,
+                },
+                folds: a.folds,
+                label_delay_days: a.label_delay_days,
+            };
+            riskstream::cli::evaluate(opts, a.json.as_deref()).await
+        }
+        Command::Serve(opts) => riskstream::cli::serve_models(opts).await,
+        Command::Models {
+            command: ModelsCommand::List { dir },
+        } => riskstream::cli::list_models(&dir).await,
         Command::Models {
             command: ModelsCommand::Verify { dir },
-        } => {
-            let dir = match dir {
-                Some(d) => d,
-                None => Config::load(&cli.config)?.model.dir,
-            };
-            riskstream::cli::verify_model(&dir)
-        }
+        } => riskstream::cli::verify_models(&dir).await,
         Command::Report => riskstream::cli::report(&Config::load(&cli.config)?).await,
     }
 }

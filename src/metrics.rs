@@ -4,8 +4,8 @@
 //! else registers metrics, so this file is the reference for dashboards.
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts,
-    Registry,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry,
 };
 
 pub struct Metrics {
@@ -121,6 +121,130 @@ impl Metrics {
 }
 
 impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// The metrics of `riskstream serve` (model serving) and its model registry,
+/// in their own registry so the engine's `/metrics` stays as it was.
+pub struct ServeMetrics {
+    pub registry: Registry,
+    /// Inference requests by model and HTTP status (`model` is `_unknown`
+    /// for names that are not served, so bad clients cannot grow the label set).
+    pub requests: IntCounterVec,
+    /// Seconds from request to response, by model.
+    pub request_seconds: HistogramVec,
+    /// Rows per ONNX Runtime run (after dynamic batching), by model.
+    pub batch_rows: HistogramVec,
+    /// Requests merged into one ONNX Runtime run, by model.
+    pub batch_requests: HistogramVec,
+    /// Seconds per ONNX Runtime run, by model.
+    pub inference_seconds: HistogramVec,
+    /// Inference requests being handled, by model.
+    pub in_flight: IntGaugeVec,
+    /// Model versions loaded and swapped in (including the first load), by model.
+    pub model_reloads: IntCounterVec,
+    /// Model directories that failed to load or verify, by model (or directory).
+    pub model_reload_failures: IntCounterVec,
+    /// Models currently served.
+    pub models_loaded: IntGauge,
+}
+
+impl ServeMetrics {
+    pub fn new() -> ServeMetrics {
+        let registry = Registry::new();
+        let seconds = || {
+            vec![
+                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+                10.0,
+            ]
+        };
+        let sizes = || {
+            vec![
+                1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0,
+            ]
+        };
+        let counter = |name: &str, help: &str, labels: &[&str]| {
+            let c = IntCounterVec::new(Opts::new(name, help), labels).unwrap();
+            registry.register(Box::new(c.clone())).unwrap();
+            c
+        };
+        let histogram = |name: &str, help: &str, buckets: Vec<f64>| {
+            let h = HistogramVec::new(HistogramOpts::new(name, help).buckets(buckets), &["model"])
+                .unwrap();
+            registry.register(Box::new(h.clone())).unwrap();
+            h
+        };
+        ServeMetrics {
+            requests: counter(
+                "riskstream_serve_requests_total",
+                "Inference requests by model and HTTP status",
+                &["model", "status"],
+            ),
+            request_seconds: histogram(
+                "riskstream_serve_request_seconds",
+                "Seconds per inference request",
+                seconds(),
+            ),
+            batch_rows: histogram(
+                "riskstream_serve_batch_rows",
+                "Rows per ONNX Runtime run after dynamic batching",
+                sizes(),
+            ),
+            batch_requests: histogram(
+                "riskstream_serve_batch_requests",
+                "Requests merged into one ONNX Runtime run",
+                sizes(),
+            ),
+            inference_seconds: histogram(
+                "riskstream_serve_inference_seconds",
+                "Seconds per ONNX Runtime run",
+                seconds(),
+            ),
+            in_flight: {
+                let g = IntGaugeVec::new(
+                    Opts::new(
+                        "riskstream_serve_in_flight_requests",
+                        "Inference requests being handled",
+                    ),
+                    &["model"],
+                )
+                .unwrap();
+                registry.register(Box::new(g.clone())).unwrap();
+                g
+            },
+            model_reloads: counter(
+                "riskstream_model_reloads_total",
+                "Model versions loaded and swapped in",
+                &["model"],
+            ),
+            model_reload_failures: counter(
+                "riskstream_model_reload_failures_total",
+                "Model directories that failed to load or verify (the old version keeps serving)",
+                &["model"],
+            ),
+            models_loaded: {
+                let g =
+                    IntGauge::new("riskstream_models_loaded", "Models currently served").unwrap();
+                registry.register(Box::new(g.clone())).unwrap();
+                g
+            },
+            registry,
+        }
+    }
+
+    /// The Prometheus text exposition of every serving metric.
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        prometheus::TextEncoder::new()
+            .encode(&self.registry.gather(), &mut buf)
+            .expect("text encoding cannot fail");
+        String::from_utf8(buf).expect("prometheus text is UTF-8")
+    }
+}
+
+impl Default for ServeMetrics {
     fn default() -> Self {
         Self::new()
     }

@@ -2,6 +2,12 @@
 //!
 //! Read-only and cheap; it never touches the pipeline's state beyond the
 //! shared metrics and a health flag.
+//!
+//! Model serving (`riskstream serve`, the Open Inference Protocol v2) lives
+//! in [`v2`] with its wire format in [`protocol`].
+
+pub mod protocol;
+pub mod v2;
 
 use crate::metrics::Metrics;
 use axum::{extract::State, http::StatusCode, routing::get, Router};

@@ -1,19 +1,25 @@
 #!/usr/bin/env bash
-# Reproduce models/fraud-attention from scratch (`make train` calls this).
+# Reproduce the committed models from scratch (`make train` calls this).
 #
 #   1. venv .venv-train with the pinned requirements (created / updated if needed)
-#   2. training data from the Rust side, unless training/.data/features.parquet exists:
+#   2. training data from the Rust side, unless training/.data/features64.parquet exists:
 #        riskstream simulate --transactions 400000 --seed 2026 --out training/.data/transactions.parquet
-#        riskstream features --in training/.data/transactions.parquet --out training/.data/features.parquet
-#   3. train + export + golden files (training/train_fraud.py), then verify (export_check.py)
+#        riskstream features --in training/.data/transactions.parquet --history-len 64 \
+#            --out training/.data/features64.parquet
+#      (history length 64 so the study's K = 64 ablation can run; K = 5 and 16 are its
+#      most recent positions)
+#   3. the production fraud model (training/train_fraud.py), then verify (export_check.py)
+#   4. the other models of the runtime (training/train_zoo.sh), unless FRAUD_ONLY=1
+#
+# The model study (every model and positional encoding, 4 prequential folds, ~40 min) is
+# `make study` (training/study.py); it writes docs/MODELS.md.
 #
 # Environment:
 #   RISKSTREAM_BIN  how to run the engine binary (default: cargo run --release --)
-#   REGENERATE=1    re-run simulate + features even if features.parquet exists
+#   REGENERATE=1    re-run simulate + features even if the features file exists
 #   SIM_TRANSACTIONS, SIM_SEED   simulator size and seed (default 400000, 2026)
-#   SYNTHETIC=1     train on training/synthetic.py data instead (pipeline testing only)
 #   SEED            training seed (default 42)
-# Extra arguments are passed to train_fraud.py (e.g. --epochs 10).
+# Extra arguments are passed to train_fraud.py (e.g. --config transformer-alibi).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -32,22 +38,14 @@ if ! cmp -s training/requirements.txt "$VENV/.requirements.installed"; then
     cp training/requirements.txt "$VENV/.requirements.installed"
 fi
 
-if [ "${SYNTHETIC:-0}" = 1 ]; then
-    "$VENV/bin/python" training/synthetic.py --out "$DATA/synthetic.parquet"
-    FEATURES="$DATA/synthetic.parquet"
-else
-    FEATURES="$DATA/features.parquet"
-    if [ ! -f "$FEATURES" ] || [ "${REGENERATE:-0}" = 1 ]; then
-        RISKSTREAM=${RISKSTREAM_BIN:-cargo run --release --}
-        # Word splitting of $RISKSTREAM is intended: the default is a multi-word command.
-        # shellcheck disable=SC2086
-        $RISKSTREAM simulate --transactions "${SIM_TRANSACTIONS:-400000}" --seed "${SIM_SEED:-2026}" \
-            --out "$DATA/transactions.parquet"
-        # shellcheck disable=SC2086
-        $RISKSTREAM features --in "$DATA/transactions.parquet" --out "$FEATURES"
-    fi
-fi
+FEATURES="$DATA/features64.parquet"
+bash training/data.sh "$FEATURES"
 
 "$VENV/bin/python" training/train_fraud.py --data "$FEATURES" --out models/fraud-attention \
+    --sim-transactions "${SIM_TRANSACTIONS:-400000}" --sim-seed "${SIM_SEED:-2026}" \
     --seed "${SEED:-42}" "$@"
 "$VENV/bin/python" training/export_check.py models/fraud-attention
+
+if [ "${FRAUD_ONLY:-0}" != 1 ] && [ -x training/train_zoo.sh ]; then
+    bash training/train_zoo.sh
+fi

@@ -24,12 +24,34 @@ pub struct PastTx {
 /// day of slack for slightly late events.
 pub const RETENTION_MS: i64 = (CARD_WINDOW_DAYS[2] + 1) * MS_PER_DAY;
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct CardState {
     cards: HashMap<String, VecDeque<PastTx>>,
+    /// Past transactions in the history sequence; at least this many are kept.
+    history_len: usize,
+}
+
+/// The online engine's state: histories of [`HISTORY_LEN`].
+impl Default for CardState {
+    fn default() -> Self {
+        CardState::with_history_len(HISTORY_LEN)
+    }
 }
 
 impl CardState {
+    /// State for a featurizer whose history sequence is `history_len` long
+    /// (offline data for models with another K; the engine uses [`HISTORY_LEN`]).
+    pub fn with_history_len(history_len: usize) -> Self {
+        CardState {
+            cards: HashMap::new(),
+            history_len,
+        }
+    }
+
+    pub fn history_len(&self) -> usize {
+        self.history_len
+    }
+
     pub fn contains(&self, card_id: &str) -> bool {
         self.cards.contains_key(card_id)
     }
@@ -55,8 +77,9 @@ impl CardState {
             .map_or(0, |i| i + 1);
         txs.insert(at, tx);
         let newest = txs.back().map_or(i64::MIN, |t| t.ts_ms);
-        // Keep at least HISTORY_LEN entries for the sequence, whatever their age.
-        while txs.len() > HISTORY_LEN
+        // Keep at least `history_len` entries for the sequence, whatever their
+        // age, and the previous one, which `secs_since_prev_log` reads.
+        while txs.len() > self.history_len.max(1)
             && txs.front().is_some_and(|t| t.ts_ms < newest - RETENTION_MS)
         {
             txs.pop_front();
@@ -112,5 +135,18 @@ mod tests {
         let newest = kept.last().unwrap().ts_ms;
         assert!(kept.iter().all(|t| t.ts_ms >= newest - RETENTION_MS));
         assert!(kept.len() >= HISTORY_LEN);
+    }
+
+    #[test]
+    fn a_longer_history_keeps_more_old_transactions() {
+        let (mut short, mut long) = (CardState::default(), CardState::with_history_len(64));
+        // 100 transactions a day apart: only the last 32 are within retention.
+        for i in 0..100 {
+            short.push("c", tx(&format!("x{i}"), i * MS_PER_DAY));
+            long.push("c", tx(&format!("x{i}"), i * MS_PER_DAY));
+        }
+        assert_eq!(short.history("c").count(), 32);
+        assert_eq!(long.history("c").count(), 64);
+        assert_eq!(long.history("c").last().unwrap().tx_id.as_ref(), "x99");
     }
 }

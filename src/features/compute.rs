@@ -3,8 +3,7 @@
 use super::card::{CardState, PastTx};
 use super::terminal::TerminalStats;
 use super::{
-    day_of, FeatureBatch, CARD_WINDOW_DAYS, HISTORY_FIELD_COUNT, HISTORY_LEN, MS_PER_DAY,
-    NUM_FEATURES,
+    day_of, FeatureBatch, CARD_WINDOW_DAYS, HISTORY_FIELD_COUNT, MS_PER_DAY, NUM_FEATURES,
 };
 use crate::event::{Channel, Transaction};
 use chrono::{Datelike, Timelike};
@@ -21,6 +20,9 @@ const BURST_WINDOW: &str = "10m";
 /// Featurize `batch` (in partition order), then remember its transactions in
 /// `cards`. Rows of the result follow `batch`.
 ///
+/// The history sequence is `cards.history_len()` long: the state is what
+/// remembers that many past transactions, so the two cannot disagree.
+///
 /// Card windows are computed by polars over integer cents, so sums are exact
 /// and a value never depends on which rows a batch happened to contain.
 pub fn featurize(
@@ -30,12 +32,13 @@ pub fn featurize(
     label_delay_days: i64,
 ) -> PolarsResult<FeatureBatch> {
     let n = batch.len();
+    let k = cards.history_len();
     let windows = card_windows(batch, cards)?;
     let mut out = FeatureBatch {
         rows: n,
         features: vec![0.0; n * NUM_FEATURES],
-        history: vec![0.0; n * HISTORY_LEN * HISTORY_FIELD_COUNT],
-        history_mask: vec![0.0; n * HISTORY_LEN],
+        history: vec![0.0; n * k * HISTORY_FIELD_COUNT],
+        history_mask: vec![0.0; n * k],
         history_tx_ids: Vec::with_capacity(n),
     };
     for (i, tx) in batch.iter().enumerate() {
@@ -83,17 +86,16 @@ pub fn featurize(
                 && matches!((&p.country, &tx.country), (Some(a), Some(b)) if a.as_ref() != b.as_str())
         }) as u8 as f32;
 
-        let mut ids = Vec::with_capacity(HISTORY_LEN.min(past.len()));
-        for (pos, p) in past.iter().rev().take(HISTORY_LEN).enumerate() {
-            let h = &mut out.history[(i * HISTORY_LEN + pos) * HISTORY_FIELD_COUNT..]
-                [..HISTORY_FIELD_COUNT];
+        let mut ids = Vec::with_capacity(k.min(past.len()));
+        for (pos, p) in past.iter().rev().take(k).enumerate() {
+            let h = &mut out.history[(i * k + pos) * HISTORY_FIELD_COUNT..][..HISTORY_FIELD_COUNT];
             h[0] = p.amount.ln_1p() as f32;
             h[1] = (((ts_ms - p.ts_ms) as f64) / 1000.0).ln_1p() as f32;
             h[2] = (p.terminal_id.as_ref() == tx.terminal_id) as u8 as f32;
             h[3] = (p.country.as_deref() == tx.country.as_deref()) as u8 as f32;
             h[4] = p.ecom as u8 as f32;
             h[5] = (p.ts_ms.rem_euclid(MS_PER_DAY) as f64 / MS_PER_DAY as f64) as f32;
-            out.history_mask[i * HISTORY_LEN + pos] = 1.0;
+            out.history_mask[i * k + pos] = 1.0;
             ids.push(p.tx_id.to_string());
         }
         out.history_tx_ids.push(ids);
@@ -238,7 +240,7 @@ fn card_windows(batch: &[Transaction], cards: &CardState) -> PolarsResult<CardWi
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::features::FEATURE_NAMES;
+    use crate::features::{FEATURE_NAMES, HISTORY_LEN};
     use chrono::{TimeZone, Utc};
 
     fn tx(id: &str, card: &str, term: &str, secs: i64, amount: f64, country: &str) -> Transaction {
@@ -343,5 +345,58 @@ mod tests {
         assert_eq!(whole.features, pieces.features);
         assert_eq!(whole.history, pieces.history);
         assert_eq!(whole.history_tx_ids, pieces.history_tx_ids);
+    }
+
+    #[test]
+    fn a_longer_history_extends_the_default_one() {
+        // 3 cards with a transaction every ~36 h: 31 days of retention hold
+        // ~21 of them, so K = 64 reaches transactions older than any window.
+        let txs: Vec<_> = (0..600)
+            .map(|i| {
+                tx(
+                    &format!("t{i}"),
+                    &format!("c{}", i % 3),
+                    &format!("m{}", i % 5),
+                    i * 12 * H + (i % 7) * 60,
+                    1.0 + (i % 11) as f64 * 3.7,
+                    if i % 9 == 0 { "US" } else { "FR" },
+                )
+            })
+            .collect();
+        let terms = TerminalStats::default();
+        let run = |k: usize| {
+            let mut cards = CardState::with_history_len(k);
+            let mut all = FeatureBatch::default();
+            for chunk in txs.chunks(50) {
+                let b = featurize(chunk, &mut cards, &terms, 7).unwrap();
+                all.rows += b.rows;
+                all.features.extend(b.features);
+                all.history.extend(b.history);
+                all.history_mask.extend(b.history_mask);
+            }
+            all
+        };
+        let (short, long) = (run(HISTORY_LEN), run(64));
+        assert_eq!(short.history_len(), HISTORY_LEN);
+        assert_eq!(long.history_len(), 64);
+        assert_eq!(long.features, short.features);
+        let (w_short, w_long) = (HISTORY_LEN * HISTORY_FIELD_COUNT, 64 * HISTORY_FIELD_COUNT);
+        for i in 0..txs.len() {
+            assert_eq!(
+                long.history[i * w_long..][..w_short],
+                short.history[i * w_short..][..w_short],
+                "row {i}"
+            );
+            assert_eq!(
+                long.history_mask[i * 64..][..HISTORY_LEN],
+                short.history_mask[i * HISTORY_LEN..][..HISTORY_LEN],
+                "row {i}"
+            );
+        }
+        // The test is only worth something if the longer history is used.
+        assert_eq!(
+            long.history_mask[599 * 64..][..64].iter().sum::<f32>(),
+            64.0
+        );
     }
 }

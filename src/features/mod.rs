@@ -55,7 +55,8 @@ pub const HISTORY_FIELDS: [&str; HISTORY_FIELD_COUNT] = [
     "hour_frac",
 ];
 pub const HISTORY_FIELD_COUNT: usize = 6;
-/// Past transactions the attention model sees (position 0 = most recent).
+/// Past transactions the online model sees (position 0 = most recent). Offline
+/// featurization can use another length ([`CardState::with_history_len`]).
 pub const HISTORY_LEN: usize = 16;
 
 pub const MS_PER_DAY: i64 = 86_400_000;
@@ -75,9 +76,10 @@ pub struct FeatureBatch {
     pub rows: usize,
     /// `rows × NUM_FEATURES`
     pub features: Vec<f32>,
-    /// `rows × HISTORY_LEN × HISTORY_FIELD_COUNT`
+    /// `rows × K × HISTORY_FIELD_COUNT`, K = [`FeatureBatch::history_len`]
+    /// ([`HISTORY_LEN`] online).
     pub history: Vec<f32>,
-    /// `rows × HISTORY_LEN`, 1 for a real past transaction, 0 for padding.
+    /// `rows × K`, 1 for a real past transaction, 0 for padding.
     pub history_mask: Vec<f32>,
     /// For each row, the tx_ids at each history position (shorter when padded).
     pub history_tx_ids: Vec<Vec<String>>,
@@ -86,6 +88,11 @@ pub struct FeatureBatch {
 impl FeatureBatch {
     pub fn row_features(&self, i: usize) -> &[f32] {
         &self.features[i * NUM_FEATURES..(i + 1) * NUM_FEATURES]
+    }
+
+    /// K, the history positions per row (0 for an empty batch).
+    pub fn history_len(&self) -> usize {
+        self.history_mask.len().checked_div(self.rows).unwrap_or(0)
     }
 }
 

@@ -4,6 +4,11 @@
 //! startup and a pool of sessions (one per worker thread). Inference is CPU
 //! work: [`Scorer::score`] hands it to tokio's blocking pool and never runs it
 //! on an async worker.
+//!
+//! The engine only runs models that take the whole fraud contract and explain
+//! their scores ([`Contract::Engine`]); offline evaluation also runs models
+//! with another history length or only some of the inputs, such as a
+//! features-only baseline ([`Contract::ScoreOnly`]).
 
 pub mod manifest;
 
@@ -11,8 +16,9 @@ use crate::features::{
     FeatureBatch, FEATURE_NAMES, HISTORY_FIELD_COUNT, HISTORY_LEN, NUM_FEATURES,
 };
 pub use manifest::{Manifest, ManifestError};
-use ort::session::{builder::GraphOptimizationLevel, Session};
+use ort::session::{builder::GraphOptimizationLevel, Session, SessionInputValue};
 use ort::value::TensorRef;
+use std::borrow::Cow;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock};
 use tokio::sync::Semaphore;
@@ -20,6 +26,30 @@ use tokio::sync::Semaphore;
 /// The fraud model's contract with the featurizer.
 pub const FRAUD_INPUTS: [&str; 3] = ["features", "history", "history_mask"];
 pub const FRAUD_OUTPUTS: [&str; 3] = ["score", "history_attention", "feature_attention"];
+
+/// What the caller needs from a model.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Contract {
+    /// The engine: exactly [`FRAUD_INPUTS`] with [`HISTORY_LEN`] and
+    /// [`FRAUD_OUTPUTS`], since every decision stores its explanation.
+    Engine,
+    /// Scores only: `features` plus optionally `history` and `history_mask`
+    /// of any length K (the manifest's `history.length`), and an output
+    /// `score`. [`Scored`] then carries empty attention vectors.
+    ScoreOnly,
+}
+
+/// The tensors a checked model is fed and what comes back.
+#[derive(Debug, Clone)]
+struct Io {
+    /// The declared inputs, in manifest order; each is one of [`FRAUD_INPUTS`].
+    inputs: Vec<String>,
+    /// K of the history inputs, or the length to featurize with when the
+    /// model reads no history.
+    history_len: usize,
+    /// Read `history_attention` and `feature_attention`.
+    explains: bool,
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum ScoringError {
@@ -48,7 +78,7 @@ pub fn runtime_library() -> Result<PathBuf, ScoringError> {
 }
 
 /// ONNX Runtime allows one environment per process; every model shares it.
-fn environment() -> Result<&'static ort::environment::Environment, ScoringError> {
+pub(crate) fn environment() -> Result<&'static ort::environment::Environment, ScoringError> {
     static ENV: OnceLock<Result<ort::environment::Environment, String>> = OnceLock::new();
     ENV.get_or_init(|| {
         let lib = runtime_library().map_err(|e| e.to_string())?;
@@ -60,6 +90,20 @@ fn environment() -> Result<&'static ort::environment::Environment, ScoringError>
     })
     .as_ref()
     .map_err(|e| ScoringError::Runtime(e.clone()))
+}
+
+/// Open any ONNX model file in the shared environment, on one thread, without
+/// the fraud contract checks of [`Scorer::open`]: for tools and tests that run
+/// other graphs (e.g. the attention parity test).
+pub fn session(path: &Path) -> Result<Session, ScoringError> {
+    let env = environment()?;
+    Session::builder(env)
+        .and_then(|b| Ok(b.with_intra_threads(1)?))
+        .and_then(|mut b| b.commit_from_file(path))
+        .map_err(|e| ScoringError::Contract {
+            model: path.display().to_string(),
+            message: format!("cannot load: {e}"),
+        })
 }
 
 /// One scored row.
@@ -77,11 +121,24 @@ pub struct Scorer {
     sessions: Arc<Mutex<Vec<Session>>>,
     permits: Arc<Semaphore>,
     max_batch: usize,
+    io: Io,
 }
 
 impl Scorer {
-    /// Verify the model directory and open `workers` sessions.
+    /// Verify the model directory against the engine's contract and open
+    /// `workers` sessions.
     pub fn open(
+        dir: &Path,
+        workers: usize,
+        intra_threads: usize,
+        max_batch: usize,
+    ) -> Result<Scorer, ScoringError> {
+        Scorer::open_with(Contract::Engine, dir, workers, intra_threads, max_batch)
+    }
+
+    /// Verify the model directory against `contract` and open `workers` sessions.
+    pub fn open_with(
+        contract: Contract,
         dir: &Path,
         workers: usize,
         intra_threads: usize,
@@ -89,11 +146,15 @@ impl Scorer {
     ) -> Result<Scorer, ScoringError> {
         let manifest = Manifest::read(dir)?;
         let bytes = manifest.verify_file(dir)?;
-        let contract = |message: String| ScoringError::Contract {
+        let broken = |message: String| ScoringError::Contract {
             model: manifest.name.clone(),
             message,
         };
-        check_fraud_contract(&manifest).map_err(contract)?;
+        let io = match contract {
+            Contract::Engine => check_fraud_contract(&manifest),
+            Contract::ScoreOnly => check_score_contract(&manifest),
+        }
+        .map_err(broken)?;
         let env = environment()?;
         let mut sessions = Vec::with_capacity(workers);
         for _ in 0..workers.max(1) {
@@ -102,8 +163,8 @@ impl Scorer {
                 .and_then(|b| Ok(b.with_intra_threads(intra_threads.max(1))?))
                 .and_then(|b| Ok(b.with_inter_threads(1)?))
                 .and_then(|mut b| b.commit_from_memory(&bytes))
-                .map_err(|e| contract(format!("cannot load model.onnx: {e}")))?;
-            check_session(&session, &manifest).map_err(contract)?;
+                .map_err(|e| broken(format!("cannot load model.onnx: {e}")))?;
+            check_session(&session, &manifest).map_err(broken)?;
             sessions.push(session);
         }
         Ok(Scorer {
@@ -112,7 +173,13 @@ impl Scorer {
             permits: Arc::new(Semaphore::new(sessions.len())),
             sessions: Arc::new(Mutex::new(sessions)),
             max_batch: max_batch.max(1),
+            io,
         })
+    }
+
+    /// K, the history length the featurizer must produce for this model.
+    pub fn history_len(&self) -> usize {
+        self.io.history_len
     }
 
     /// Score a batch on the blocking pool, in chunks of at most `max_batch` rows.
@@ -123,14 +190,14 @@ impl Scorer {
             .await
             .expect("the semaphore is never closed");
         let sessions = self.sessions.clone();
-        let (name, max_batch) = (self.manifest.name.clone(), self.max_batch);
+        let (name, max_batch, io) = (self.manifest.name.clone(), self.max_batch, self.io.clone());
         tokio::task::spawn_blocking(move || {
             let mut session = sessions
                 .lock()
                 .expect("pool lock")
                 .pop()
                 .expect("a permit guarantees a session");
-            let result = run_chunks(&mut session, &batch, max_batch);
+            let result = run_chunks(&mut session, &batch, max_batch, &io);
             sessions.lock().expect("pool lock").push(session);
             result.map_err(|message| ScoringError::Inference {
                 model: name,
@@ -152,7 +219,7 @@ impl Scorer {
             .expect("pool lock")
             .pop()
             .expect("no concurrent blocking use");
-        let result = run_chunks(&mut session, batch, self.max_batch);
+        let result = run_chunks(&mut session, batch, self.max_batch, &self.io);
         self.sessions.lock().expect("pool lock").push(session);
         result.map_err(|message| ScoringError::Inference {
             model: self.manifest.name.clone(),
@@ -161,9 +228,11 @@ impl Scorer {
     }
 }
 
-fn check_fraud_contract(m: &Manifest) -> Result<(), String> {
-    let names =
-        |specs: &[manifest::TensorSpec]| specs.iter().map(|t| t.name.clone()).collect::<Vec<_>>();
+fn names(specs: &[manifest::TensorSpec]) -> Vec<String> {
+    specs.iter().map(|t| t.name.clone()).collect()
+}
+
+fn check_fraud_contract(m: &Manifest) -> Result<Io, String> {
     if names(&m.inputs) != FRAUD_INPUTS || names(&m.outputs) != FRAUD_OUTPUTS {
         return Err(format!(
             "manifest IO {:?} -> {:?} is not the fraud contract {FRAUD_INPUTS:?} -> {FRAUD_OUTPUTS:?}",
@@ -177,15 +246,89 @@ fn check_fraud_contract(m: &Manifest) -> Result<(), String> {
         vec![-1, HISTORY_LEN as i64],
     ];
     for (spec, want) in m.inputs.iter().zip(want) {
-        let dims_match = spec.shape.len() == want.len()
-            && spec.shape.iter().zip(&want).skip(1).all(|(a, b)| a == b);
-        if !dims_match || spec.dtype != "float32" {
-            return Err(format!(
-                "input {} is {} {:?}, the featurizer produces float32 {want:?}",
-                spec.name, spec.dtype, spec.shape
-            ));
-        }
+        check_shape(spec, &want)?;
     }
+    check_feature_names(m)?;
+    Ok(Io {
+        inputs: names(&m.inputs),
+        history_len: HISTORY_LEN,
+        explains: true,
+    })
+}
+
+/// [`Contract::ScoreOnly`]: the inputs are some of [`FRAUD_INPUTS`] (always
+/// `features`; `history` only with `history_mask`), all with the history
+/// length the manifest declares, and there is an output `score`.
+fn check_score_contract(m: &Manifest) -> Result<Io, String> {
+    let inputs = names(&m.inputs);
+    let has = |name: &str| inputs.iter().any(|i| i == name);
+    if let Some(other) = inputs.iter().find(|i| !FRAUD_INPUTS.contains(&i.as_str())) {
+        return Err(format!(
+            "input {other:?} is not one the featurizer produces ({FRAUD_INPUTS:?})"
+        ));
+    }
+    let mut unique = inputs.clone();
+    unique.sort();
+    unique.dedup();
+    if unique.len() != inputs.len() || !has("features") || has("history") != has("history_mask") {
+        return Err(format!(
+            "inputs {inputs:?}: need `features`, and `history` together with `history_mask`"
+        ));
+    }
+    if !m.outputs.iter().any(|o| o.name == "score") {
+        return Err(format!("outputs {:?} have no `score`", names(&m.outputs)));
+    }
+    let declared = match m.extra.get("history").and_then(|h| h.get("length")) {
+        None => None,
+        Some(v) => match v.as_u64() {
+            Some(k) if k > 0 => Some(k as usize),
+            _ => return Err(format!("history.length {v} is not a positive integer")),
+        },
+    };
+    let from_shape = m
+        .input("history")
+        .and_then(|h| h.shape.get(1))
+        .and_then(|&k| usize::try_from(k).ok())
+        .filter(|&k| k > 0);
+    let history_len = match (declared, from_shape, has("history")) {
+        (Some(k), _, _) | (None, Some(k), _) => k,
+        (None, None, false) => HISTORY_LEN,
+        (None, None, true) => {
+            return Err(
+                "the history length is neither in history.length nor in the input shape".into(),
+            )
+        }
+    };
+    for spec in &m.inputs {
+        let want = match spec.name.as_str() {
+            "features" => vec![-1, NUM_FEATURES as i64],
+            "history" => vec![-1, history_len as i64, HISTORY_FIELD_COUNT as i64],
+            _ => vec![-1, history_len as i64],
+        };
+        check_shape(spec, &want)?;
+    }
+    check_feature_names(m)?;
+    Ok(Io {
+        inputs,
+        history_len,
+        explains: false,
+    })
+}
+
+/// The declared shape matches `want` beyond the batch dimension, as float32.
+fn check_shape(spec: &manifest::TensorSpec, want: &[i64]) -> Result<(), String> {
+    let dims_match =
+        spec.shape.len() == want.len() && spec.shape.iter().zip(want).skip(1).all(|(a, b)| a == b);
+    if !dims_match || spec.dtype != "float32" {
+        return Err(format!(
+            "input {} is {} {:?}, the featurizer produces float32 {want:?}",
+            spec.name, spec.dtype, spec.shape
+        ));
+    }
+    Ok(())
+}
+
+fn check_feature_names(m: &Manifest) -> Result<(), String> {
     if m.feature_names != FEATURE_NAMES {
         return Err(format!(
             "feature_names {:?} differ from the featurizer's {FEATURE_NAMES:?}",
@@ -222,31 +365,60 @@ fn run_chunks(
     session: &mut Session,
     b: &FeatureBatch,
     max_batch: usize,
+    io: &Io,
 ) -> Result<Vec<Scored>, String> {
+    let k = io.history_len;
+    if b.features.len() != b.rows * NUM_FEATURES
+        || b.history.len() != b.rows * k * HISTORY_FIELD_COUNT
+        || b.history_mask.len() != b.rows * k
+    {
+        return Err(format!(
+            "a batch of {} rows with histories of {} does not fit the model's history length {k}",
+            b.rows,
+            b.history_len()
+        ));
+    }
     let mut out = Vec::with_capacity(b.rows);
     let mut start = 0;
     while start < b.rows {
         let n = (b.rows - start).min(max_batch);
         let feats = &b.features[start * NUM_FEATURES..(start + n) * NUM_FEATURES];
-        let hist = &b.history[start * HISTORY_LEN * HISTORY_FIELD_COUNT
-            ..(start + n) * HISTORY_LEN * HISTORY_FIELD_COUNT];
-        let mask = &b.history_mask[start * HISTORY_LEN..(start + n) * HISTORY_LEN];
+        let hist =
+            &b.history[start * k * HISTORY_FIELD_COUNT..(start + n) * k * HISTORY_FIELD_COUNT];
+        let mask = &b.history_mask[start * k..(start + n) * k];
         let e = |e: ort::Error| e.to_string();
-        let outputs = session
-            .run(ort::inputs![
-                "features" => TensorRef::from_array_view(([n, NUM_FEATURES], feats)).map_err(e)?,
-                "history" => TensorRef::from_array_view(([n, HISTORY_LEN, HISTORY_FIELD_COUNT], hist)).map_err(e)?,
-                "history_mask" => TensorRef::from_array_view(([n, HISTORY_LEN], mask)).map_err(e)?,
-            ])
+        let mut feed = Vec::with_capacity(io.inputs.len());
+        for name in &io.inputs {
+            let value = match name.as_str() {
+                "features" => TensorRef::from_array_view(([n, NUM_FEATURES], feats)),
+                "history" => TensorRef::from_array_view(([n, k, HISTORY_FIELD_COUNT], hist)),
+                "history_mask" => TensorRef::from_array_view(([n, k], mask)),
+                other => return Err(format!("no data for input {other:?}")),
+            }
             .map_err(e)?;
+            feed.push((Cow::from(name.as_str()), SessionInputValue::from(value)));
+        }
+        let outputs = session.run(feed).map_err(e)?;
         let (_, score) = outputs["score"].try_extract_tensor::<f32>().map_err(e)?;
+        if score.len() != n {
+            return Err(format!("score has {} values for {n} rows", score.len()));
+        }
+        if !io.explains {
+            out.extend(score.iter().map(|&score| Scored {
+                score,
+                history_attention: Vec::new(),
+                feature_attention: Vec::new(),
+            }));
+            start += n;
+            continue;
+        }
         let (_, hatt) = outputs["history_attention"]
             .try_extract_tensor::<f32>()
             .map_err(e)?;
         let (_, fatt) = outputs["feature_attention"]
             .try_extract_tensor::<f32>()
             .map_err(e)?;
-        if score.len() != n || hatt.len() != n * HISTORY_LEN || fatt.len() != n * NUM_FEATURES {
+        if hatt.len() != n * k || fatt.len() != n * NUM_FEATURES {
             return Err(format!(
                 "unexpected output sizes: score {}, history_attention {}, feature_attention {} for {n} rows",
                 score.len(),
@@ -257,7 +429,7 @@ fn run_chunks(
         for i in 0..n {
             out.push(Scored {
                 score: score[i],
-                history_attention: hatt[i * HISTORY_LEN..(i + 1) * HISTORY_LEN].to_vec(),
+                history_attention: hatt[i * k..(i + 1) * k].to_vec(),
                 feature_attention: fatt[i * NUM_FEATURES..(i + 1) * NUM_FEATURES].to_vec(),
             });
         }
