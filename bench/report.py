@@ -1,11 +1,14 @@
 #!/usr/bin/env python3
 """Render docs/BENCHMARKS.md from the raw results bench/run.sh leaves in bench/.out/.
 
-Inputs (a system's files are missing when it was not run):
+Inputs (a system's files are missing when it was not run; files of systems
+not run this time are left from an earlier run, whose commit each section names):
   throughput-{engine,python}.json     wall time, CPU and peak RSS, measured by run.sh
   throughput-engine.metrics           the engine's /metrics at the end of its run
   throughput-python.summary.json      the baseline's own summary, with its stage timings
   latency-{engine,python}.json        latency percentiles, from Postgres commit timestamps
+  run-{engine,python}.json            the commit, time and command of the run that wrote them
+  serve.json                          bench/serve_bench.py: `riskstream serve` per model vs in-process ORT
 """
 
 from __future__ import annotations
@@ -42,12 +45,19 @@ def command_output(*argv: str) -> str:
         return "unknown"
 
 
+def postgres_version(db_url: str) -> str:
+    try:
+        with psycopg.connect(db_url, connect_timeout=3) as conn:
+            return conn.execute("SHOW server_version").fetchone()[0]
+    except psycopg.Error:
+        return "unknown (not reachable when the report was rendered)"
+
+
 def machine(db_url: str) -> list[tuple[str, str]]:
     cpu = re.search(r"^model name\s*:\s*(.+)$", Path("/proc/cpuinfo").read_text(), re.M)
     mem_kb = int(re.search(r"^MemTotal:\s+(\d+)", Path("/proc/meminfo").read_text(), re.M).group(1))
     kafka = sorted((ROOT / ".stack/kafka/libs").glob("kafka-clients-*.jar"))
-    with psycopg.connect(db_url) as conn:
-        postgres = conn.execute("SHOW server_version").fetchone()[0]
+    postgres = postgres_version(db_url)
     rust_polars = re.search(r'name = "polars"\nversion = "([^"]+)"', (ROOT / "Cargo.lock").read_text())
     return [
         ("CPUs (nproc)", str(os.cpu_count())),
@@ -158,43 +168,50 @@ def stages_table(title: str, stages: list[tuple[str, float]], rows: float) -> li
     return lines + [""]
 
 
-def main():
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--out", type=Path, required=True)
-    ap.add_argument("--doc", type=Path, required=True)
-    ap.add_argument("--command", required=True, help="the command line that produced the results")
-    ap.add_argument("--model-dir", type=Path, required=True)
-    ap.add_argument("--db-url", default="postgres://postgres@127.0.0.1:55432/riskstream")
-    a = ap.parse_args()
+def provenance(out: Path, systems: tuple[str, ...], commit: str) -> list[str]:
+    """Which run each system's results come from (run-SYSTEM.json, else the files' dates)."""
+    lines = []
+    older = (" — an earlier commit than this document's; `BENCH_SYSTEMS=\"engine python\" make bench` "
+             "refreshes it")
+    for s in systems:
+        run = load(out, f"run-{s}.json")
+        files = sorted(out.glob(f"throughput-{s}.*")) + sorted(out.glob(f"latency-{s}.*"))
+        if run:
+            when = run["finished_at"].replace("T", " ").removesuffix("Z")
+            lines.append(f"- {NAMES[s]}: run at commit `{run['commit']}`, finished {when} UTC"
+                         f"{older if run['commit'] != commit else ''}.")
+        elif files:
+            newest = max(f.stat().st_mtime for f in files)
+            when = dt.datetime.fromtimestamp(newest, dt.timezone.utc)
+            lines.append(f"- {NAMES[s]}: commit not recorded; result files dated {when:%Y-%m-%d %H:%M} UTC.")
+        else:
+            lines.append(f"- {NAMES[s]}: not run (no results in `{out.relative_to(ROOT) if out.is_relative_to(ROOT) else out}`).")
+    return lines
 
-    t = {s: load(a.out, f"throughput-{s}.json") for s in SYSTEMS}
-    lat = {s: load(a.out, f"latency-{s}.json") for s in SYSTEMS}
-    py_summary = load(a.out, "throughput-python.summary.json")
-    metrics = a.out / "throughput-engine.metrics"
-    manifest = json.loads((a.model_dir / "manifest.json").read_text())
+
+def stack_section(out: Path, model_dir: Path, commit: str) -> list[str]:
+    """The engine against the Python baseline on Kafka and Postgres."""
+    t = {s: load(out, f"throughput-{s}.json") for s in SYSTEMS}
+    lat = {s: load(out, f"latency-{s}.json") for s in SYSTEMS}
+    runs = {s: load(out, f"run-{s}.json") for s in SYSTEMS}
+    doc = ["## Streaming pipeline: engine vs Python baseline (`riskstream run`)", "",
+           *provenance(out, SYSTEMS, commit), ""]
+    if not any(t.values()) and not any(lat.values()):
+        return doc
+    py_summary = load(out, "throughput-python.summary.json")
+    metrics = out / "throughput-engine.metrics"
+    manifest = json.loads((model_dir / "manifest.json").read_text())
     n = next((r["transactions"] for r in t.values() if r), 0)
     rate = next((r["offered_rate"] for r in lat.values() if r), None)
     at_rate = f" at {rate:,} tx/s" if rate else ""
     lat_n = next((r["transactions"] for r in lat.values() if r), 0)
-    commit = command_output("git", "-C", str(ROOT), "describe", "--always", "--dirty")
-
-    doc = [
-        "# Benchmarks",
-        "",
-        f"Generated by `make bench` (bench/run.sh, bench/report.py) on "
-        f"{dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC at commit `{commit}`; do not edit by hand. "
-        "Raw results: `bench/.out/`.",
-        "",
-        "## Machine",
-        "",
-        "| | |",
-        "|---|---|",
-        *(f"| {k} | {v} |" for k, v in machine(a.db_url)),
-        "",
-        "Kafka and PostgreSQL run on the same machine (scripts/stack) and compete for its cores with the "
-        "system under test.",
-        "",
-        "## What runs",
+    command = next((r["command"] for r in runs.values() if r),
+                   f"BENCH_TRANSACTIONS={n} BENCH_LATENCY_TRANSACTIONS={lat_n} BENCH_LATENCY_RATE={rate} "
+                   "BENCH_SYSTEMS=\"engine python\" make bench")
+    if len({r["commit"] for r in runs.values() if r}) > 1:
+        doc += ["The two systems' results come from different runs (above): compare them with care.", ""]
+    doc += [
+        "### What runs",
         "",
         f"- **{NAMES['engine']}**: `riskstream run`, release build, stock `config/riskstream.toml` "
         "(batches of up to 2000 records or 50 ms, one scoring worker, one ONNX Runtime intra-op thread) with "
@@ -203,7 +220,8 @@ def main():
         "(confluent-kafka, polars, numpy, onnxruntime, psycopg; one thread of control, batch by batch). Same "
         "topics, batch size and wait, features, model, thresholds, tables and exactly-once offsets; its "
         "simplifications are listed below.",
-        f"- Model: `{manifest['name']}` v{manifest['version']} (sha256 `{manifest['sha256'][:12]}…`).",
+        f"- Model: `{manifest['name']}` v{manifest['version']} (sha256 `{manifest['sha256'][:12]}…`; the "
+        "manifest in the working tree now).",
         f"- Throughput: {n:,} transactions from `riskstream simulate --seed 1`, pre-loaded into fresh "
         "4-partition topics; each system consumes all of them into its own fresh database. Decisions/s count "
         "committed rows (decisions + dead letters).",
@@ -217,10 +235,10 @@ def main():
         "Reproduce:",
         "",
         "```sh",
-        a.command,
+        command,
         "```",
         "",
-        "## Results",
+        "### Results",
         "",
         *results_table(t, lat, at_rate),
         "",
@@ -228,7 +246,7 @@ def main():
         "",
         *(keeps_up(s, lat[s]) for s in SYSTEMS),
         "",
-        "## Where the time goes",
+        "### Where the time goes",
         "",
         "Mean per batch over the throughput run. The engine's stages run concurrently (a batch is featurized "
         "while the previous one is scored and the one before is committed), so its throughput is bounded by "
@@ -240,7 +258,7 @@ def main():
     if py_summary:
         doc += stages_table(f"{NAMES['python']}, from time.perf_counter", *python_stages(py_summary))
     doc += [
-        "## How the baseline differs from the engine",
+        "### How the baseline differs from the engine",
         "",
         "- Terminal state: the engine waits up to `pipeline.state_wait_ms` for every partition to close the "
         "days a batch's terminal windows read; the baseline checks the same watermark once and scores at once, "
@@ -253,6 +271,226 @@ def main():
         "- It is single-threaded Python around native libraries: polars and ONNX Runtime do the numeric work, "
         "JSON decoding and validation are per-record Python.",
         "",
+    ]
+    return doc
+
+
+def ms(v: float | None) -> str:
+    """Milliseconds with enough digits for sub-millisecond values."""
+    if v is None:
+        return "—"
+    return f"{v:,.3f}" if abs(v) < 1 else f"{v:,.2f}" if abs(v) < 10 else f"{v:,.1f}"
+
+
+def merged_runs(server: dict) -> str:
+    """How many requests the batcher merged per ONNX Runtime run, from the histogram delta."""
+    buckets = server.get("requests_per_run_buckets") or []
+    if not server.get("ort_runs"):
+        return "no runs recorded"
+    parts, low = [], 0.0
+    for le, count in buckets:
+        high = float(le)
+        label = "more" if le == "+Inf" else (f"{high:g}" if high - low <= 1 else f"{low + 1:g}–{high:g}")
+        if count:
+            parts.append(f"{label}: {count:,}")
+        low = high
+    return (f"{server['ort_runs']:,} runs, mean {server['requests_per_run_mean']:.2f} requests per run "
+            f"(runs by requests merged: {', '.join(parts)})")
+
+
+def serve_model(m: dict) -> list[str]:
+    lat, thr, floor = m["latency_1_client"], m["throughput"], m["floor"]
+    nodelay = m.get("latency_1_client_no_delay")
+    shapes = ", ".join(f"{i['name']} {i['datatype']}{i['shape']}" for i in m["request"]["inputs"])
+    row = lambda label, r, extra="": (f"| {label} | {ms(r['p50_ms'])} | {ms(r['p99_ms'])} | {ms(r['mean_ms'])} | "
+                                      f"{fmt(r['req_per_s'])} | {extra} |")
+    doc = [
+        f"#### `{m['name']}` v{m['version']} ({m['task']})",
+        "",
+        f"Request: {shapes}; {m['request']['body_bytes']:,} bytes of JSON in, "
+        f"{m['request']['response_bytes']:,} out. Dynamic batching: "
+        f"{'on' if m['dynamic_batching'] else 'off (each request runs alone)'}.",
+        "",
+        "| | p50 ms | p99 ms | mean ms | req/s | |",
+        "|---|---:|---:|---:|---:|---|",
+        row("serve, 1 client", lat, f"server: {ms(lat['server']['request_mean_ms'])} ms mean request, "
+            f"{ms(lat['server']['inference_mean_ms'])} ms mean ORT run"),
+    ]
+    if nodelay:
+        doc.append(row("serve, 1 client, `--max-delay-ms 0`", nodelay,
+                       f"server: {ms(nodelay['server']['request_mean_ms'])} ms mean request"))
+    cores = lambda t: f"cores: server {t['server_cores']}, clients {t['client_cores']}, machine {t['machine_cores']}"
+    doc.append(row(f"serve, {thr['clients']} clients", thr, cores(thr)))
+    if m.get("throughput_no_delay"):
+        doc.append(row(f"serve, {thr['clients']} clients, `--max-delay-ms 0`", m["throughput_no_delay"],
+                       cores(m["throughput_no_delay"])))
+    doc += [
+        row("floor: Python onnxruntime in-process, 1 thread", floor, ""),
+        f"| overhead per request (serve 1 client − floor) | {ms(m['overhead_ms']['p50'])} | "
+        f"{ms(m['overhead_ms']['p99'])} | | | "
+        + (f"with `--max-delay-ms 0`: p50 {ms(m['overhead_no_delay_ms']['p50'])}, "
+           f"p99 {ms(m['overhead_no_delay_ms']['p99'])} |" if nodelay else "|"),
+        "",
+        f"Batching at {thr['clients']} clients (`/metrics` delta over the measured window): "
+        f"{merged_runs(thr['server'])}"
+        + (f"; with `--max-delay-ms 0`: {merged_runs(m['throughput_no_delay']['server'])}"
+           if m.get("throughput_no_delay") else "")
+        + f". Server's mean ONNX Runtime run at 1 client {ms(lat['server']['inference_mean_ms'])} ms "
+        f"(`riskstream_serve_inference_seconds`, tensor conversion included) vs the floor's mean "
+        f"{ms(floor['mean_ms'])} ms. Golden row 0, largest |difference| over the outputs: served "
+        f"{max(m['max_abs_diff_vs_golden']['serve'].values(), default=0):.1e}, floor "
+        f"{max(m['max_abs_diff_vs_golden']['floor'].values(), default=0):.1e}. Errors: "
+        f"{sum(p['errors'] for p in (lat, thr, nodelay or {}, m.get('throughput_no_delay') or {}) if p)}.",
+        "",
+    ]
+    return doc
+
+
+def serve_section(out: Path) -> list[str]:
+    r = load(out, "serve.json")
+    doc = ["## Model serving (`riskstream serve`)", ""]
+    if not r:
+        return doc + ["Not run (no `serve.json` in bench/.out/): `BENCH_SYSTEMS=serve make bench`.", ""]
+    srv, st, client = r["server"], r["settings"], r["client"]
+    mach = r["machine"]
+    when = r["generated_at"].replace("T", " ").split("+")[0]
+    rows = []
+    for m in r["models"]:
+        lat, thr, floor = m["latency_1_client"], m["throughput"], m["floor"]
+        rows.append(f"| `{m['name']}` | {ms(lat['p50_ms'])} / {ms(lat['p99_ms'])} | {fmt(lat['req_per_s'])} | "
+                    f"{ms(thr['p50_ms'])} / {ms(thr['p99_ms'])} | {fmt(thr['req_per_s'])} | "
+                    f"{ms(floor['p50_ms'])} / {ms(floor['p99_ms'])} | {fmt(floor['req_per_s'])} | "
+                    f"{ms(m['overhead_ms']['p50'])} / {ms(m['overhead_ms']['p99'])} | "
+                    f"{ms(m['overhead_no_delay_ms']['p50']) if 'overhead_no_delay_ms' in m else '—'} |")
+    hrt = r.get("http_round_trip")
+    doc += [
+        f"Run at commit `{r['commit']}`, {when} UTC, release binary built {r['binary']['mtime'].split('+')[0]} "
+        f"UTC, on the machine above ({mach['nproc']} × {mach['cpu_model']}). Load average (1/5/15 min) "
+        f"{' / '.join(map(str, r['load_average_start']))} at the start and "
+        f"{' / '.join(map(str, r['load_average_end']))} at the end: other jobs shared the cores, and every "
+        "number here is under that load.",
+        "",
+        f"- Server: `{' '.join(srv['argv'])}` — {srv['sessions_per_model']} ONNX Runtime sessions per model, "
+        f"{srv['intra_threads']} intra-op thread each, graph optimisation {srv['graph_optimization']}, dynamic "
+        f"batching up to {srv['max_batch']} rows waiting at most {srv['max_delay_ms']:g} ms (the defaults; hot "
+        "swap polling off so no model loads mid-run).",
+        "- Request: batch 1, the first row of each model's `golden.json` (dim 0 of every input sliced to one), "
+        f"JSON body, all outputs returned; the first answer is checked against the golden outputs. Client: "
+        f"{client['library']}, {client['connection']}; {client['body']}.",
+        f"- 1 client: closed loop, {st['warmup_requests']:,} warm-up then {st['requests_1_client']:,} measured "
+        "requests; req/s = requests / wall time.",
+        f"- {st['clients']} clients: {client['throughput_clients_are']}, closed loop for {st['duration_s']:g} s "
+        f"after {st['warmup_s']:g} s of warm-up; latencies of the requests started in the window. The cores the "
+        "clients, the server and the whole machine used over the window are given per model.",
+        "- Floor: the same model and input in this Python process through `onnxruntime.InferenceSession` with "
+        f"the server's session options (intra-op threads {srv['intra_threads']}, inter-op 1, "
+        f"{SERVER_OPT_NOTE}), single-threaded closed loop, at least {st['requests_1_client']:,} runs and "
+        f"{st.get('floor_min_seconds', 0):g} s. Overhead per request = serve p50 (p99) at 1 client − floor p50 "
+        "(p99): HTTP, JSON, the batcher and the hops between threads; the floor itself includes Python's "
+        "binding cost.",
+        "- `--max-delay-ms 0`: a second server, otherwise identical, repeats both serve phases: with the "
+        "default delay a request waits for company before it runs.",
+    ]
+    if hrt:
+        doc.append(f"- For scale: the same client's `GET /v2/health/live` round trip, p50 {ms(hrt['p50_ms'])} ms, "
+                   f"p99 {ms(hrt['p99_ms'])} ms.")
+    doc += [
+        "",
+        "Reproduce:",
+        "",
+        "```sh",
+        r["command"],
+        "```",
+        "",
+        "| model | 1 client p50 / p99 ms | 1 client req/s | "
+        f"{st['clients']} clients p50 / p99 ms | {st['clients']} clients req/s | floor p50 / p99 ms | floor req/s | "
+        "overhead p50 / p99 ms | overhead p50, `--max-delay-ms 0` |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        *rows,
+        "",
+    ]
+    doc += serve_summary(r)
+    for s in r.get("skipped", []):
+        doc.append(f"- Skipped `{s['dir']}`: {s['reason']}")
+    if r.get("skipped"):
+        doc.append("")
+    doc += ["### Per model", ""]
+    for m in r["models"]:
+        doc += serve_model(m)
+    return doc
+
+
+def serve_summary(r: dict) -> list[str]:
+    """The ranges across models, in words; numbers only, no verdicts."""
+    models = r["models"]
+    if not models:
+        return []
+    def span(vals, f=ms):
+        lo, hi = f(min(vals)), f(max(vals))
+        return lo if lo == hi else f"{lo}–{hi}"
+
+    n0, n2 = (lambda v: fmt(v)), (lambda v: f"{v:.2f}")
+    get = lambda phase, key: [m[phase][key] for m in models if m.get(phase)]
+    srv = lambda phase, key: [m[phase]["server"][key] for m in models if m.get(phase) and m[phase]["server"][key]]
+    lines = [
+        f"Across the {len(models)} models: at 1 client, p50 {span(get('latency_1_client', 'p50_ms'))} ms with "
+        f"the default {r['server']['max_delay_ms']:g} ms batching delay"
+        + (f" and {span(get('latency_1_client_no_delay', 'p50_ms'))} ms with `--max-delay-ms 0`"
+           if get("latency_1_client_no_delay", "p50_ms") else "")
+        + f"; the in-process floor p50 is {span(get('floor', 'p50_ms'))} ms"
+        + (f" and this client's bare HTTP round trip (`/v2/health/live`) {ms(r['http_round_trip']['p50_ms'])} ms"
+           if r.get("http_round_trip") else "")
+        + ". Inside the server, a 1-client request took "
+        f"{span(srv('latency_1_client', 'request_mean_ms'))} ms on average"
+        + (f" ({span(srv('latency_1_client_no_delay', 'request_mean_ms'))} ms without the delay)"
+           if srv("latency_1_client_no_delay", "request_mean_ms") else "")
+        + f", of which the ONNX Runtime run {span(srv('latency_1_client', 'inference_mean_ms'))} ms.",
+        "",
+        f"At {r['settings']['clients']} clients: {span(get('throughput', 'req_per_s'), n0)} req/s, the batcher merging "
+        f"a mean {span(srv('throughput', 'requests_per_run_mean'), n2)} requests per run, the server using "
+        f"{span(get('throughput', 'server_cores'), n2)} cores and the clients {span(get('throughput', 'client_cores'), n2)} "
+        f"while the machine had {span(get('throughput', 'machine_cores'), n2)} of its {r['machine']['nproc']} cores busy"
+        + (f"; with `--max-delay-ms 0`, {span(get('throughput_no_delay', 'req_per_s'), n0)} req/s, "
+           f"{span(srv('throughput_no_delay', 'requests_per_run_mean'), n2)} requests per run"
+           if get("throughput_no_delay", "req_per_s") else "")
+        + ".",
+        "",
+    ]
+    return lines
+
+
+SERVER_OPT_NOTE = "graph optimisation ORT_ENABLE_LAYOUT, what ort's Level3 maps to"
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--doc", type=Path, required=True)
+    ap.add_argument("--model-dir", type=Path, required=True, help="the model of the engine vs Python benchmark")
+    ap.add_argument("--db-url", default="postgres://postgres@127.0.0.1:55432/riskstream")
+    a = ap.parse_args()
+    a.out = a.out.resolve()
+
+    commit = command_output("git", "-C", str(ROOT), "describe", "--always", "--dirty")
+    doc = [
+        "# Benchmarks",
+        "",
+        f"Generated by `make bench` (bench/run.sh, bench/report.py, bench/serve_bench.py) on "
+        f"{dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC at commit `{commit}`; do not edit by hand. "
+        "Raw results: `bench/.out/`. `BENCH_SYSTEMS` picks what runs; results of systems not run are kept "
+        "from their last run, so **each section names the run (commit, time) it comes from**.",
+        "",
+        "## Machine",
+        "",
+        "| | |",
+        "|---|---|",
+        *(f"| {k} | {v} |" for k, v in machine(a.db_url)),
+        "",
+        "Kafka and PostgreSQL run on the same machine (scripts/stack) and compete for its cores with the "
+        "system under test.",
+        "",
+        *stack_section(a.out, a.model_dir, commit),
+        *serve_section(a.out),
     ]
     a.doc.write_text("\n".join(doc))
 

@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
 # `make bench`: the engine against the Python baseline (bench/baseline.py) on
-# the local stack. Writes docs/BENCHMARKS.md; raw results go to bench/.out/.
+# the local stack, and `riskstream serve` per model against in-process ONNX
+# Runtime (bench/serve_bench.py). Writes docs/BENCHMARKS.md; raw results go to
+# bench/.out/. A system that is not run keeps its earlier results there, and
+# the report says which run each section comes from.
 #
 #   1. Throughput: BENCH_TRANSACTIONS simulated transactions are pre-loaded
 #      into fresh topics; each system then consumes all of them into its own
@@ -8,11 +11,16 @@
 #   2. Latency: each system runs on fresh, empty topics while the simulator
 #      offers BENCH_LATENCY_RATE tx/s; latency = Postgres commit time of the
 #      decision - Kafka append time of the record.
+#   3. Serving (system "serve"): `riskstream serve` on every model with a
+#      golden.json, batch-1 requests at 1 and 8 clients, beside the same model
+#      in Python's onnxruntime in-process. Needs no Kafka or Postgres:
+#      BENCH_SYSTEMS=serve runs only this.
 #
 # Knobs (environment): BENCH_TRANSACTIONS (1000000), BENCH_LATENCY_TRANSACTIONS
 # (150000), BENCH_LATENCY_RATE (5000), BENCH_MODEL_DIR (models/fraud-attention),
-# BENCH_SYSTEMS ("engine python"), BENCH_BIN (use this riskstream binary
-# instead of building the release one).
+# BENCH_SYSTEMS ("engine python serve"), BENCH_BIN (use this riskstream binary
+# instead of building the release one), BENCH_SERVE_ARGS (extra arguments to
+# bench/serve_bench.py, e.g. "--duration 20 -- --sessions 1").
 set -euo pipefail
 cd "$(dirname "$0")/.."
 : "${CARGO_TARGET_DIR:?source scripts/env.sh first}"
@@ -21,7 +29,12 @@ N="${BENCH_TRANSACTIONS:-1000000}"
 LAT_N="${BENCH_LATENCY_TRANSACTIONS:-150000}"
 LAT_RATE="${BENCH_LATENCY_RATE:-5000}"
 MODEL_DIR="$(realpath "${BENCH_MODEL_DIR:-models/fraud-attention}")"
-SYSTEMS="${BENCH_SYSTEMS:-engine python}"
+SYSTEMS="${BENCH_SYSTEMS:-engine python serve}"
+# The systems that run on the Kafka/Postgres stack, in the order given.
+STACK_SYSTEMS=$(for s in $SYSTEMS; do [[ $s == serve ]] || printf '%s ' "$s"; done)
+for s in $SYSTEMS; do
+  [[ $s == engine || $s == python || $s == serve ]] || { printf 'bench: error: unknown system %s\n' "$s" >&2; exit 1; }
+done
 BIN="${BENCH_BIN:-$CARGO_TARGET_DIR/release/riskstream}"
 PY=.venv/bin/python
 OUT=bench/.out
@@ -186,25 +199,49 @@ latency() {
 }
 
 mkdir -p "$OUT"
-rm -f "$OUT"/*.json "$OUT"/*.log "$OUT"/*.metrics
-
-# Commit timestamps only exist for transactions committed while this is on,
-# and turning it on needs a server restart.
-if [[ $(sql riskstream "SHOW track_commit_timestamp") != on ]]; then
-  say "track_commit_timestamp is off: restarting the stack to turn it on"
-  bash scripts/stack down && bash scripts/stack up
-fi
+# Only the results of the systems about to run are replaced.
+for system in $SYSTEMS; do
+  if [[ $system == serve ]]; then
+    rm -f "$OUT"/serve.json "$OUT"/serve.*.log
+  else
+    rm -f "$OUT"/{throughput,latency,run}-"$system".*
+  fi
+done
 
 # The simulator is the engine's binary too, so it is built even for BENCH_SYSTEMS=python.
 [[ -n ${BENCH_BIN:-} ]] || cargo build --release --bin riskstream
 
-prefix="$RUN-throughput"
-create_topics "$prefix"
-say "pre-loading $N simulated transactions into $prefix.*"
-produced=$(simulate "$prefix" --transactions "$N" --seed 1)
-for system in $SYSTEMS; do throughput "$system" "$prefix" "$produced"; done
-for system in $SYSTEMS; do latency "$system"; done
+if [[ -n $STACK_SYSTEMS ]]; then
+  # Commit timestamps only exist for transactions committed while this is on,
+  # and turning it on needs a server restart.
+  if [[ $(sql riskstream "SHOW track_commit_timestamp") != on ]]; then
+    say "track_commit_timestamp is off: restarting the stack to turn it on"
+    bash scripts/stack down && bash scripts/stack up
+  fi
 
-"$PY" bench/report.py --out "$OUT" --doc docs/BENCHMARKS.md --model-dir "$MODEL_DIR" \
-  --command "BENCH_TRANSACTIONS=$N BENCH_LATENCY_TRANSACTIONS=$LAT_N BENCH_LATENCY_RATE=$LAT_RATE make bench"
+  prefix="$RUN-throughput"
+  create_topics "$prefix"
+  say "pre-loading $N simulated transactions into $prefix.*"
+  produced=$(simulate "$prefix" --transactions "$N" --seed 1)
+  for system in $STACK_SYSTEMS; do throughput "$system" "$prefix" "$produced"; done
+  for system in $STACK_SYSTEMS; do latency "$system"; done
+  # Which run each system's results come from, for the report.
+  for system in $STACK_SYSTEMS; do
+    cat >"$OUT/run-$system.json" <<JSON
+{"system": "$system", "commit": "$(git describe --always --dirty 2>/dev/null || echo unknown)",
+ "finished_at": "$(date -u +%Y-%m-%dT%H:%M:%SZ)",
+ "command": "BENCH_TRANSACTIONS=$N BENCH_LATENCY_TRANSACTIONS=$LAT_N BENCH_LATENCY_RATE=$LAT_RATE BENCH_SYSTEMS=\"${STACK_SYSTEMS% }\" make bench"}
+JSON
+  done
+fi
+
+if [[ " $SYSTEMS " == *" serve "* ]]; then
+  say "serving: riskstream serve on every model with a golden.json, 1 and 8 clients, vs in-process ONNX Runtime"
+  # shellcheck disable=SC2086  # BENCH_SERVE_ARGS is a list of arguments
+  "$PY" bench/serve_bench.py --bin "$BIN" --models models --out "$OUT/serve.json" \
+    --command "BENCH_SYSTEMS=serve ${BENCH_SERVE_ARGS:+BENCH_SERVE_ARGS=\"$BENCH_SERVE_ARGS\" }make bench" \
+    ${BENCH_SERVE_ARGS:-}
+fi
+
+"$PY" bench/report.py --out "$OUT" --doc docs/BENCHMARKS.md --model-dir "$MODEL_DIR"
 say "wrote docs/BENCHMARKS.md (raw results in $OUT/)"

@@ -3,7 +3,8 @@
 //!
 //! One batcher task per loaded model version owns a bounded queue. It waits
 //! for a free session first, then gathers what is queued (up to `max_batch`
-//! rows, or until `max_delay` after the first request arrived), so batches
+//! rows, waiting until `max_delay` after the first request arrived when that
+//! is not zero, the default), so batches
 //! grow when the sessions are busy and stay small when they are not. Only
 //! requests whose dims beyond 0 agree are merged. The run itself happens on
 //! the blocking pool. A merged run that fails is retried request by request,
@@ -29,7 +30,10 @@ impl Default for BatchOptions {
     fn default() -> Self {
         BatchOptions {
             max_batch: 64,
-            max_delay: Duration::from_millis(2),
+            // Batches still form while every session is busy (the batcher
+            // waits for a session first); a delay only adds latency when the
+            // model is idle. bench/serve_bench.py measured both (BENCHMARKS.md).
+            max_delay: Duration::ZERO,
             queue: 1024,
         }
     }
@@ -114,9 +118,18 @@ pub(crate) async fn run_batcher(
         let mut rows = first.rows;
         let mut jobs = vec![first];
         while rows < max_batch {
-            // `timeout_at` polls the queue before the clock, so requests that
-            // queued while we waited for a session are taken even past the deadline.
-            match tokio::time::timeout_at(deadline, rx.recv()).await {
+            // What queued while we waited for a session is taken without
+            // waiting; only then, and only with a non-zero `max_delay`, wait
+            // for company (a zero-length timer would still round up to 1 ms).
+            let next = match rx.try_recv() {
+                Ok(job) => Ok(Some(job)),
+                Err(mpsc::error::TryRecvError::Disconnected) => Ok(None),
+                Err(mpsc::error::TryRecvError::Empty) if opts.max_delay.is_zero() => break,
+                Err(mpsc::error::TryRecvError::Empty) => {
+                    tokio::time::timeout_at(deadline, rx.recv()).await
+                }
+            };
+            match next {
                 Ok(Some(job)) if rows + job.rows > max_batch => {
                     carry = Some(job);
                     break;

@@ -42,8 +42,10 @@ pub struct Options {
     /// Most rows per ONNX Runtime run, and per request.
     #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=65536))]
     pub max_batch: u32,
-    /// How long a request waits for others to batch with (milliseconds).
-    #[arg(long, default_value_t = 2)]
+    /// How long a request waits for others to batch with once a session is
+    /// free (milliseconds). 0: run at once with whatever queued meanwhile;
+    /// batches still form while every session is busy.
+    #[arg(long, default_value_t = 0)]
     pub max_delay_ms: u64,
     /// Requests queued per model before new ones get 503.
     #[arg(long, default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..))]
@@ -72,7 +74,7 @@ impl Default for Options {
             models: "models".into(),
             listen: ([127, 0, 0, 1], 8000).into(),
             max_batch: 64,
-            max_delay_ms: 2,
+            max_delay_ms: 0,
             queue: 1024,
             timeout_ms: 10_000,
             max_body_bytes: 16 * 1024 * 1024,
