@@ -13,3 +13,4 @@ mod exactly_once;
 mod model_golden;
 mod poison;
 mod serve;
+mod zoo;

@@ -135,6 +135,38 @@ pub async fn verify_models(dir: &Path) -> Result<ExitCode> {
     })
 }
 
+/// `riskstream models classify`: label, probability and the `top` most
+/// attended tokens of each text.
+pub async fn classify_text(model: &Path, texts: &[String], top: usize) -> Result<ExitCode> {
+    use crate::models::text::{render, TextClassifier};
+    let dir = model.to_owned();
+    let classifier = tokio::task::spawn_blocking(move || TextClassifier::load(&dir)).await??;
+    let texts: Vec<&str> = texts.iter().map(String::as_str).collect();
+    for (text, c) in texts.iter().zip(classifier.classify(&texts).await?) {
+        print!("{}", render(text, &c, top));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `riskstream models translate`: the digits of a written amount (greedy, or
+/// beam search with `beam`) and the alignment of each digit over the words.
+pub async fn translate(
+    encoder: &Path,
+    decoder: &Path,
+    text: &str,
+    beam: Option<usize>,
+) -> Result<ExitCode> {
+    use crate::models::seq2seq::{render, Search, Translator};
+    let (e, d) = (encoder.to_owned(), decoder.to_owned());
+    let translator = tokio::task::spawn_blocking(move || Translator::load(&e, &d)).await??;
+    let search = beam.map_or(Search::Greedy, Search::Beam);
+    print!(
+        "{}",
+        render(text, &translator.translate(text, search).await?)
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
 async fn signals(shutdown: CancellationToken) {
     use tokio::signal::unix::{signal, SignalKind};
     let (Ok(mut term), Ok(mut int)) = (

@@ -13,6 +13,7 @@ pub mod event;
 pub mod features;
 pub mod ingest;
 pub mod metrics;
+pub mod models;
 pub mod pipeline;
 pub mod registry;
 pub mod scoring;

@@ -121,6 +121,32 @@ enum ModelsCommand {
         #[arg(default_value = "models")]
         dir: PathBuf,
     },
+    /// Classify card-statement descriptors: label, probability and the most
+    /// attended tokens of each.
+    Classify {
+        /// A descriptor to classify (repeat for several).
+        #[arg(long = "text", required = true)]
+        texts: Vec<String>,
+        /// The text-classification model directory.
+        #[arg(long, default_value = "models/merchant-descriptor")]
+        model: PathBuf,
+        /// How many of the most attended tokens to show.
+        #[arg(long, default_value_t = 3)]
+        top: usize,
+    },
+    /// Decode a written cheque amount into digits with the encoder-decoder
+    /// pair; shows which words each digit attended to.
+    Translate {
+        /// The amount in words, e.g. "two hundred forty-five and 10/100".
+        text: String,
+        /// Beam search of this width (default: greedy).
+        #[arg(long, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+        beam: Option<usize>,
+        #[arg(long, default_value = "models/cheque-words-encoder")]
+        encoder: PathBuf,
+        #[arg(long, default_value = "models/cheque-words-decoder")]
+        decoder: PathBuf,
+    },
 }
 
 fn main() -> ExitCode {
@@ -213,6 +239,18 @@ async fn dispatch(cli: Cli) -> Result<ExitCode> {
         Command::Models {
             command: ModelsCommand::Verify { dir },
         } => riskstream::cli::verify_models(&dir).await,
+        Command::Models {
+            command: ModelsCommand::Classify { texts, model, top },
+        } => riskstream::cli::classify_text(&model, &texts, top).await,
+        Command::Models {
+            command:
+                ModelsCommand::Translate {
+                    text,
+                    beam,
+                    encoder,
+                    decoder,
+                },
+        } => riskstream::cli::translate(&encoder, &decoder, &text, beam).await,
         Command::Report => riskstream::cli::report(&Config::load(&cli.config)?).await,
     }
 }
