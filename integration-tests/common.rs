@@ -27,6 +27,11 @@ pub fn model_dir() -> PathBuf {
     repo_root().join("models/fraud-attention")
 }
 
+/// The merchant language model every world's engine runs (`[language_model]`).
+pub fn lm_dir() -> PathBuf {
+    repo_root().join("models/merchant-lm")
+}
+
 /// An isolated set of topics, a consumer group and a database.
 pub struct World {
     pub name: String,
@@ -34,6 +39,8 @@ pub struct World {
     pub db_url: String,
     pub pool: PgPool,
     pub config_path: PathBuf,
+    /// The config has a `[language_model]`: decisions carry `mcc_surprise`.
+    pub language_model: bool,
 }
 
 impl World {
@@ -64,6 +71,7 @@ impl World {
             dir,
             db_url,
             pool,
+            language_model: true,
         };
         std::fs::write(&world.config_path, world.config_text(partitions, "")).unwrap();
         riskstream::ingest::topics::ensure_topics(
@@ -115,6 +123,9 @@ dir = "{model}"
 review = 0.5
 decline = 0.9
 
+[language_model]
+dir = "{lm}"
+
 [server]
 listen = ""
 {extra}
@@ -123,6 +134,7 @@ listen = ""
             name = self.name,
             db = self.db_url,
             model = model_dir().display(),
+            lm = lm_dir().display(),
         )
     }
 
@@ -299,6 +311,9 @@ listen = ""
             top_ok, with_history,
             "the top history weight of every decision refers to an earlier transaction of the same card"
         );
+        if self.language_model {
+            self.assert_mcc_surprise().await;
+        }
         let ends = self.end_offsets(&self.topic("transactions"));
         for (p, end) in ends {
             let stored: Option<i64> = sqlx::query_scalar(
@@ -315,6 +330,56 @@ listen = ""
                 "stored offset of partition {p} equals its end offset"
             );
         }
+    }
+
+    /// With a language model: every decision has a finite, non-negative
+    /// `mcc_surprise`, the same in its column and in its features, and a
+    /// card's first transaction is scored from `<bos>` alone.
+    async fn assert_mcc_surprise(&self) {
+        let bad = self
+            .count(
+                "SELECT count(*) FROM risk_decisions
+                  WHERE mcc_surprise IS NULL OR mcc_surprise < 0
+                     OR mcc_surprise IN ('NaN'::real, 'Infinity'::real, '-Infinity'::real)",
+            )
+            .await;
+        assert_eq!(
+            bad, 0,
+            "every decision has a finite, non-negative mcc_surprise"
+        );
+        let differ = self
+            .count(
+                "SELECT count(*) FROM risk_decisions
+                  WHERE (features ->> 'mcc_surprise')::real IS DISTINCT FROM mcc_surprise",
+            )
+            .await;
+        assert_eq!(differ, 0, "features.mcc_surprise is the stored surprise");
+        // Before its first transaction a card has no context: the surprise
+        // depends on the MCC alone. Later ones see the card's past.
+        let first_ambiguous = self
+            .count(
+                "SELECT count(*) FROM (
+                    SELECT mcc FROM risk_decisions d
+                     WHERE NOT EXISTS (SELECT 1 FROM risk_decisions p
+                                        WHERE p.card_id = d.card_id
+                                          AND (p.ts, p.source_offset) < (d.ts, d.source_offset))
+                     GROUP BY mcc HAVING count(DISTINCT mcc_surprise) > 1) f",
+            )
+            .await;
+        assert_eq!(
+            first_ambiguous, 0,
+            "a card's first transaction is scored from <bos> alone"
+        );
+        let distinct = self
+            .count("SELECT count(DISTINCT (mcc, mcc_surprise)) FROM risk_decisions")
+            .await;
+        let mccs = self
+            .count("SELECT count(DISTINCT mcc) FROM risk_decisions")
+            .await;
+        assert!(
+            distinct > mccs,
+            "later transactions are scored in their card's context"
+        );
     }
 
     /// tx_id → stored features (JSON text), for comparing runs.

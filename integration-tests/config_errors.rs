@@ -1,7 +1,7 @@
 //! A bad configuration stops `check-config` and `run` before anything starts,
 //! naming each problem by its key.
 
-use crate::common::{model_dir, World};
+use crate::common::{lm_dir, model_dir, World};
 use std::process::Command;
 
 fn riskstream(config: &std::path::Path, command: &str) -> (bool, String) {
@@ -37,6 +37,11 @@ async fn bad_configs_are_rejected_by_check_config_and_run() {
             "missing model",
             base.replace(&model_dir().display().to_string(), "/nonexistent/model"),
             "model.dir",
+        ),
+        (
+            "missing language model",
+            base.replace(&lm_dir().display().to_string(), "/nonexistent/lm"),
+            "language_model.dir",
         ),
     ];
     for (what, text, key) in cases {
@@ -78,5 +83,32 @@ async fn bad_configs_are_rejected_by_check_config_and_run() {
         !ok && out.contains("sha256"),
         "a tampered model is refused: {out}"
     );
+
+    // So does a tampered language model, named by its key.
+    let tampered_lm = world.dir.path().join("tampered-lm");
+    std::fs::create_dir(&tampered_lm).unwrap();
+    for file in ["manifest.json", "vocab.json", "golden.json"] {
+        std::fs::copy(lm_dir().join(file), tampered_lm.join(file)).unwrap();
+    }
+    let mut bytes = std::fs::read(lm_dir().join("model.onnx")).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 1;
+    std::fs::write(tampered_lm.join("model.onnx"), bytes).unwrap();
+    let path = world.dir.path().join("tampered-lm.toml");
+    std::fs::write(
+        &path,
+        base.replace(
+            &lm_dir().display().to_string(),
+            &tampered_lm.display().to_string(),
+        ),
+    )
+    .unwrap();
+    for command in ["check-config", "run"] {
+        let (ok, out) = riskstream(&path, command);
+        assert!(
+            !ok && out.contains("language_model.dir") && out.contains("sha256"),
+            "`{command}` refuses a tampered language model by its key: {out}"
+        );
+    }
     world.drop_database().await;
 }

@@ -9,7 +9,9 @@
 mod attention_parity;
 mod common;
 mod config_errors;
+mod evaluate;
 mod exactly_once;
+mod merchant_lm;
 mod model_golden;
 mod poison;
 mod serve;

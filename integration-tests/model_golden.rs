@@ -26,6 +26,8 @@ fn committed_model_matches_its_golden_outputs() {
         history: flat(&golden["inputs"]["history"]),
         history_mask: flat(&golden["inputs"]["history_mask"]),
         history_tx_ids: vec![Vec::new(); rows],
+        // No card past and no MCC: the fraud model does not read it.
+        mcc_context: vec![vec![None]; rows],
     };
     assert_eq!(
         batch.history.len(),

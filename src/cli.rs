@@ -183,7 +183,7 @@ async fn signals(shutdown: CancellationToken) {
     std::process::exit(130);
 }
 
-/// `riskstream check-config`: every problem in the file, then the model.
+/// `riskstream check-config`: every problem in the file, then the models.
 pub fn check_config(path: &Path) -> Result<ExitCode> {
     let config = match Config::load(path) {
         Ok(c) => c,
@@ -196,6 +196,25 @@ pub fn check_config(path: &Path) -> Result<ExitCode> {
     };
     if verify_model(&config.model.dir)? != ExitCode::SUCCESS {
         return Ok(ExitCode::FAILURE);
+    }
+    if let Some(lm) = &config.language_model {
+        let opts = registry::LoadOptions {
+            intra_threads: lm.intra_threads,
+            ..Default::default()
+        };
+        match crate::models::lm::MerchantLm::load(&lm.dir, &opts) {
+            Ok(m) => println!(
+                "{}: {} v{} sha256 {} ok (language model, mcc_surprise)",
+                lm.dir.display(),
+                m.model().name(),
+                m.model().version(),
+                m.model().manifest.sha256
+            ),
+            Err(e) => {
+                eprintln!("language_model.dir: {e}");
+                return Ok(ExitCode::FAILURE);
+            }
+        }
     }
     println!("{}: ok", path.display());
     Ok(ExitCode::SUCCESS)

@@ -49,6 +49,10 @@ pub struct Config {
     pub thresholds: ThresholdConfig,
     #[serde(default)]
     pub server: ServerConfig,
+    /// The merchant language model whose surprise is stored with every
+    /// decision; absent = the feature is off.
+    #[serde(default)]
+    pub language_model: Option<LanguageModelConfig>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -113,6 +117,19 @@ pub struct FeatureConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ModelConfig {
+    pub dir: PathBuf,
+    /// Rows per ONNX Runtime call.
+    #[serde(default = "defaults::model_batch")]
+    pub max_batch: usize,
+    #[serde(default = "defaults::intra_threads")]
+    pub intra_threads: usize,
+}
+
+/// `[language_model]`: a causal model over the card's MCC sequence (e.g.
+/// `models/merchant-lm`), verified at startup like the fraud model.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LanguageModelConfig {
     pub dir: PathBuf,
     /// Rows per ONNX Runtime call.
     #[serde(default = "defaults::model_batch")]
@@ -292,6 +309,13 @@ impl Config {
         if config.model.dir.is_relative() {
             config.model.dir = base.join(&config.model.dir);
         }
+        if let Some(lm) = config
+            .language_model
+            .as_mut()
+            .filter(|lm| lm.dir.is_relative())
+        {
+            lm.dir = base.join(&lm.dir);
+        }
         problems.extend(config.validate());
         if problems.is_empty() {
             Ok(config)
@@ -393,6 +417,20 @@ impl Config {
             let path = self.model.dir.join(file);
             if !path.is_file() {
                 bad("model.dir", format!("{} does not exist", path.display()));
+            }
+        }
+        if let Some(lm) = &self.language_model {
+            if lm.max_batch == 0 {
+                bad("language_model.max_batch", "must be at least 1".into());
+            }
+            for file in ["model.onnx", "manifest.json"] {
+                let path = lm.dir.join(file);
+                if !path.is_file() {
+                    bad(
+                        "language_model.dir",
+                        format!("{} does not exist", path.display()),
+                    );
+                }
             }
         }
         check_thresholds(
@@ -566,6 +604,9 @@ decline = 0.9
 [thresholds.channel.moon]
 review = 0.1
 decline = 1.5
+[language_model]
+dir = "/nonexistent/lm"
+max_batch = 0
 "#;
         let Err(ParseFailure::Invalid(problems)) = Config::parse(text, Path::new("."), no_env())
         else {
@@ -573,6 +614,8 @@ decline = 1.5
         };
         let keys: Vec<&str> = problems.iter().map(|p| p.key.as_str()).collect();
         for want in [
+            "language_model.dir",
+            "language_model.max_batch",
             "kafka.brokers",
             "postgres.url",
             "pipeline.batch_max_rows",
@@ -584,6 +627,33 @@ decline = 1.5
         ] {
             assert!(keys.contains(&want), "missing {want} in {keys:?}");
         }
+    }
+
+    #[test]
+    fn the_language_model_is_optional_and_resolved_against_the_config_folder() {
+        let dir = model_dir();
+        let c = Config::parse(&sample(dir.path()), Path::new("."), no_env()).unwrap();
+        assert!(c.language_model.is_none(), "absent = off");
+
+        let base = dir.path().parent().unwrap();
+        let name = dir.path().file_name().unwrap().to_str().unwrap();
+        let text = format!(
+            "{}\n[language_model]\ndir = \"{name}\"\n",
+            sample(dir.path())
+        );
+        let c = Config::parse(&text, base, no_env()).unwrap();
+        let lm = c.language_model.unwrap();
+        assert_eq!(lm.dir, dir.path());
+        assert_eq!((lm.max_batch, lm.intra_threads), (256, 1));
+
+        let text = format!(
+            "{}\n[language_model]\ndir = \"{name}\"\nsize = 3\n",
+            sample(dir.path())
+        );
+        let Err(ParseFailure::Invalid(p)) = Config::parse(&text, base, no_env()) else {
+            panic!("unknown keys are rejected")
+        };
+        assert!(p[0].message.contains("size"), "{p:?}");
     }
 
     #[test]

@@ -18,7 +18,8 @@ pub struct Metrics {
     pub dead_letters: IntCounter,
     /// Labels committed.
     pub labels: IntCounter,
-    /// Seconds per stage per batch (`featurize`, `score`, `sink`, `total`).
+    /// Seconds per stage per batch (`featurize`, `surprise`, `score`, `sink`,
+    /// `total`); `surprise` (the merchant language model) only when configured.
     pub stage_seconds: HistogramVec,
     /// Seconds per ONNX Runtime call.
     pub model_seconds: Histogram,
@@ -30,6 +31,9 @@ pub struct Metrics {
     pub incomplete_state: IntCounter,
     /// Records read but not yet committed (consumed − committed).
     pub in_flight: IntGauge,
+    /// Surprise of each committed transaction's MCC under the merchant
+    /// language model, in nats (only when `[language_model]` is configured).
+    pub mcc_surprise: Histogram,
 }
 
 impl Metrics {
@@ -85,6 +89,14 @@ impl Metrics {
                 "Records read but not committed",
             )
             .unwrap(),
+            mcc_surprise: Histogram::with_opts(
+                HistogramOpts::new(
+                    "riskstream_mcc_surprise_nats",
+                    "Surprise of committed transactions' MCC under the merchant language model (nats)",
+                )
+                .buckets(vec![0.5, 1.0, 1.5, 2.0, 2.5, 3.0, 4.0, 5.0, 7.5, 10.0]),
+            )
+            .unwrap(),
             registry,
         };
         m.registry.register(Box::new(m.consumed.clone())).unwrap();
@@ -107,6 +119,9 @@ impl Metrics {
             .register(Box::new(m.incomplete_state.clone()))
             .unwrap();
         m.registry.register(Box::new(m.in_flight.clone())).unwrap();
+        m.registry
+            .register(Box::new(m.mcc_surprise.clone()))
+            .unwrap();
         m
     }
 

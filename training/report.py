@@ -125,8 +125,10 @@ def render(results: Path, scores: Path, docs: Path, order: list[str]) -> None:
     base = [n for n in main if rs[n]["config"]["group"] == "baseline"]
     if base:
         best = {k: max(base, key=lambda n: ms(rs[n], k)[0]) for k, _ in METRICS}
-        L.append("Margin over the best baseline (per metric), as mean of per-fold differences; "
-                 "**yes** when it exceeds one fold standard deviation of both models:")
+        L.append("Margin over the best baseline (per metric): mean of the per-fold differences ± their "
+                 "std, and the folds won. **yes** marks the issue's bar: the mean margin exceeds one fold "
+                 "standard deviation of both models. The fold std is mostly week-to-week variation that "
+                 "all models share; the std of the paired differences is the tighter measure.")
         L.append("")
         L.append("| model | " + " | ".join(f"{lbl} vs {best[k]}" for k, lbl in METRICS) + " |")
         L.append("|---|" + "---|" * len(METRICS))
@@ -142,7 +144,8 @@ def render(results: Path, scores: Path, docs: Path, order: list[str]) -> None:
                     continue
                 d = float((a - b).mean())
                 ok = d > max(a.std(), b.std())
-                cells.append(f"{d:+.3f} (folds won {int((a > b).sum())}/{len(a)}){' **yes**' if ok else ''}")
+                cells.append(f"{d:+.3f} ± {float((a - b).std()):.3f} (won {int((a > b).sum())}/{len(a)})"
+                             f"{' **yes**' if ok else ''}")
             L.append(f"| {n} | " + " | ".join(cells) + " |")
         L.append("")
 
@@ -155,7 +158,7 @@ def render(results: Path, scores: Path, docs: Path, order: list[str]) -> None:
         elif group == "fusion":
             names = ["transformer-sinusoidal"] + names
         else:
-            names = ["gradient-boosting", "transformer-sinusoidal"] + names
+            names = ["gradient-boosting", "transformer-sinusoidal", "transformer-none"] + names
         L.append(f"### {title}")
         L.append("")
         L += table(rs, names, "variant")

@@ -69,6 +69,8 @@ CONFIGS = [
     cfg("gradient-boosting-28d", "gbdt", "training window", train_days=28),
     cfg("transformer-sinusoidal-28d", "attn", "training window", train_days=28, history="transformer",
         positional="sinusoidal"),
+    cfg("transformer-none-28d", "attn", "training window", train_days=28, history="transformer",
+        positional="none"),
 ]
 
 

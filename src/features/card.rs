@@ -5,7 +5,7 @@
 //! partition order; after a restart it is rebuilt from `risk_decisions`, which
 //! holds exactly the committed ones, so both paths give the same features.
 
-use super::{CARD_WINDOW_DAYS, HISTORY_LEN, MS_PER_DAY};
+use super::{CARD_WINDOW_DAYS, HISTORY_LEN, MCC_CONTEXT_LEN, MS_PER_DAY};
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
@@ -18,16 +18,29 @@ pub struct PastTx {
     pub terminal_id: Arc<str>,
     pub country: Option<Arc<str>>,
     pub ecom: bool,
+    /// Merchant category code, when the transaction had one (the merchant
+    /// language model's context).
+    pub mcc: Option<i32>,
 }
 
 /// How far back a card's transactions are kept: the longest window plus one
 /// day of slack for slightly late events.
 pub const RETENTION_MS: i64 = (CARD_WINDOW_DAYS[2] + 1) * MS_PER_DAY;
 
+/// How many of a card's most recent transactions are kept whatever their
+/// age, for a featurizer with histories of `history_len`: the history
+/// sequence and the MCC context both read that far back. Storage reloads
+/// (`sink::state::load_cards`) use the same number, so a restarted engine
+/// remembers exactly what a fault-free one would.
+pub fn kept_per_card(history_len: usize) -> usize {
+    history_len.max(MCC_CONTEXT_LEN).max(1)
+}
+
 #[derive(Debug)]
 pub struct CardState {
     cards: HashMap<String, VecDeque<PastTx>>,
-    /// Past transactions in the history sequence; at least this many are kept.
+    /// Length of the history sequence; at least `kept_per_card(history_len)`
+    /// transactions of each card are kept.
     history_len: usize,
 }
 
@@ -77,11 +90,11 @@ impl CardState {
             .map_or(0, |i| i + 1);
         txs.insert(at, tx);
         let newest = txs.back().map_or(i64::MIN, |t| t.ts_ms);
-        // Keep at least `history_len` entries for the sequence, whatever their
-        // age, and the previous one, which `secs_since_prev_log` reads.
-        while txs.len() > self.history_len.max(1)
-            && txs.front().is_some_and(|t| t.ts_ms < newest - RETENTION_MS)
-        {
+        // Keep the entries the history sequence and the MCC context read,
+        // whatever their age (at least the previous one, which
+        // `secs_since_prev_log` reads).
+        let keep = kept_per_card(self.history_len);
+        while txs.len() > keep && txs.front().is_some_and(|t| t.ts_ms < newest - RETENTION_MS) {
             txs.pop_front();
         }
     }
@@ -118,6 +131,7 @@ mod tests {
             terminal_id: "t".into(),
             country: None,
             ecom: false,
+            mcc: None,
         }
     }
 
@@ -135,6 +149,17 @@ mod tests {
         let newest = kept.last().unwrap().ts_ms;
         assert!(kept.iter().all(|t| t.ts_ms >= newest - RETENTION_MS));
         assert!(kept.len() >= HISTORY_LEN);
+    }
+
+    #[test]
+    fn old_transactions_are_kept_for_the_mcc_context() {
+        // 100 transactions ten days apart: retention alone would keep 4.
+        let mut s = CardState::default();
+        for i in 0..100 {
+            s.push("c", tx(&format!("x{i}"), i * 10 * MS_PER_DAY));
+        }
+        assert_eq!(s.history("c").count(), MCC_CONTEXT_LEN);
+        assert_eq!(s.history("c").last().unwrap().tx_id.as_ref(), "x99");
     }
 
     #[test]

@@ -3,7 +3,8 @@
 use super::card::{CardState, PastTx};
 use super::terminal::TerminalStats;
 use super::{
-    day_of, FeatureBatch, CARD_WINDOW_DAYS, HISTORY_FIELD_COUNT, MS_PER_DAY, NUM_FEATURES,
+    day_of, FeatureBatch, CARD_WINDOW_DAYS, HISTORY_FIELD_COUNT, MCC_CONTEXT_LEN, MS_PER_DAY,
+    NUM_FEATURES,
 };
 use crate::event::{Channel, Transaction};
 use chrono::{Datelike, Timelike};
@@ -40,6 +41,7 @@ pub fn featurize(
         history: vec![0.0; n * k * HISTORY_FIELD_COUNT],
         history_mask: vec![0.0; n * k],
         history_tx_ids: Vec::with_capacity(n),
+        mcc_context: Vec::with_capacity(n),
     };
     for (i, tx) in batch.iter().enumerate() {
         let ts_ms = tx.ts.timestamp_millis();
@@ -99,6 +101,10 @@ pub fn featurize(
             ids.push(p.tx_id.to_string());
         }
         out.history_tx_ids.push(ids);
+        let from = past.len().saturating_sub(MCC_CONTEXT_LEN);
+        let mut mccs: Vec<Option<i32>> = past[from..].iter().map(|p| p.mcc).collect();
+        mccs.push(tx.mcc);
+        out.mcc_context.push(mccs);
         cards.push(&tx.card_id, past_tx(tx));
     }
     Ok(out)
@@ -113,6 +119,7 @@ pub fn past_tx(tx: &Transaction) -> PastTx {
         terminal_id: Arc::from(tx.terminal_id.as_str()),
         country: tx.country.as_deref().map(Arc::from),
         ecom: tx.channel == Some(Channel::Ecom),
+        mcc: tx.mcc,
     }
 }
 
@@ -300,6 +307,36 @@ mod tests {
     }
 
     #[test]
+    fn mcc_context_is_the_cards_past_mccs_then_its_own() {
+        let mut cards = CardState::default();
+        let terms = TerminalStats::default();
+        let mut txs: Vec<_> = (0..40)
+            .map(|i| tx(&format!("t{i}"), "c", "m", i * H, 5.0, "FR"))
+            .collect();
+        for (i, t) in txs.iter_mut().enumerate() {
+            t.mcc = (i != 3).then_some(5000 + i as i32);
+        }
+        // Another card in between must not leak into c's context.
+        txs.insert(10, tx("other", "d", "m", 9 * H + 1, 5.0, "FR"));
+        txs[10].mcc = Some(7011);
+        let first = featurize(&txs[..20], &mut cards, &terms, 7).unwrap();
+        let rest = featurize(&txs[20..], &mut cards, &terms, 7).unwrap();
+        assert_eq!(first.mcc_row(0), (Some(5000), &[][..]), "first: no past");
+        assert_eq!(first.mcc_context[10], [Some(7011)]);
+        let (current, past) = first.mcc_row(5);
+        assert_eq!(current, Some(5005));
+        assert_eq!(past, [Some(5000), Some(5001), Some(5002), None, Some(5004)]);
+        // The last row of c (i = 39): the 31 previous MCCs, oldest first.
+        let (current, past) = rest.mcc_row(rest.rows - 1);
+        assert_eq!(current, Some(5039));
+        let want: Vec<Option<i32>> = (8..39).map(|i| Some(5000 + i)).collect();
+        assert_eq!(past, want.as_slice());
+        assert_eq!(past.len(), MCC_CONTEXT_LEN);
+        // The fraud model's inputs do not carry it.
+        assert_eq!(rest.features.len(), rest.rows * NUM_FEATURES);
+    }
+
+    #[test]
     fn bursts_and_impossible_travel_are_visible() {
         let mut cards = CardState::default();
         let terms = TerminalStats::default();
@@ -328,6 +365,9 @@ mod tests {
                 )
             })
             .collect();
+        for (i, t) in txs.iter_mut().enumerate() {
+            t.mcc = (i % 5 != 0).then_some(5000 + (i % 11) as i32);
+        }
         // Same card, same second: the split below puts them in different batches.
         txs[34].ts = txs[33].ts;
         txs[34].card_id = txs[33].card_id.clone();
@@ -341,10 +381,12 @@ mod tests {
             pieces.history.extend(b.history);
             pieces.history_mask.extend(b.history_mask);
             pieces.history_tx_ids.extend(b.history_tx_ids);
+            pieces.mcc_context.extend(b.mcc_context);
         }
         assert_eq!(whole.features, pieces.features);
         assert_eq!(whole.history, pieces.history);
         assert_eq!(whole.history_tx_ids, pieces.history_tx_ids);
+        assert_eq!(whole.mcc_context, pieces.mcc_context);
     }
 
     #[test]

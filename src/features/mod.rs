@@ -16,7 +16,7 @@ mod compute;
 pub mod offline;
 mod terminal;
 
-pub use card::{CardState, PastTx};
+pub use card::{kept_per_card, CardState, PastTx};
 pub use compute::featurize;
 pub use terminal::{needed_days as terminal_needed_days, FraudReport, TerminalStats};
 
@@ -59,6 +59,12 @@ pub const HISTORY_FIELD_COUNT: usize = 6;
 /// featurization can use another length ([`CardState::with_history_len`]).
 pub const HISTORY_LEN: usize = 16;
 
+/// Past merchant category codes of the card exposed per row
+/// ([`FeatureBatch::mcc_context`]): what the merchant language model reads
+/// (its window is `<bos>` plus up to 31 previous MCCs). Not a model input of
+/// the fraud model.
+pub const MCC_CONTEXT_LEN: usize = 31;
+
 pub const MS_PER_DAY: i64 = 86_400_000;
 /// Card windows in days; the longest bounds how much card state is kept.
 pub const CARD_WINDOW_DAYS: [i64; 3] = [1, 7, 30];
@@ -83,11 +89,24 @@ pub struct FeatureBatch {
     pub history_mask: Vec<f32>,
     /// For each row, the tx_ids at each history position (shorter when padded).
     pub history_tx_ids: Vec<Vec<String>>,
+    /// For each row, the card's MCC context: the MCCs of its last (up to
+    /// [`MCC_CONTEXT_LEN`]) earlier transactions, oldest first, followed by
+    /// the row's own MCC (always the last element; `None` = no MCC).
+    pub mcc_context: Vec<Vec<Option<i32>>>,
 }
 
 impl FeatureBatch {
     pub fn row_features(&self, i: usize) -> &[f32] {
         &self.features[i * NUM_FEATURES..(i + 1) * NUM_FEATURES]
+    }
+
+    /// The row's own MCC and the MCCs of the card's earlier transactions
+    /// (oldest first), from [`FeatureBatch::mcc_context`].
+    pub fn mcc_row(&self, i: usize) -> (Option<i32>, &[Option<i32>]) {
+        let (current, past) = self.mcc_context[i]
+            .split_last()
+            .expect("every row ends with its own mcc");
+        (*current, past)
     }
 
     /// K, the history positions per row (0 for an empty batch).

@@ -308,6 +308,7 @@ pub fn featurize_rows(
                 .extend_from_slice(&b.history[i * hist_w..][..hist_w]);
             all.history_mask
                 .extend_from_slice(&b.history_mask[i * mask_w..][..mask_w]);
+            all.mcc_context.push(b.mcc_context[i].clone());
         }
     }
     Ok(all)

@@ -3,7 +3,8 @@
 //! merchant-descriptor model was trained with) and reads its labels and
 //! attention back; [`seq2seq`] decodes with the cheque-words encoder-decoder
 //! pair (greedy and beam search, with the cross-attention alignment as the
-//! explanation).
+//! explanation); [`lm`] scores how surprising a card's new merchant category
+//! is under the merchant language model (the engine's `mcc_surprise`).
 //!
 //! Everything a model needs beyond its graph (vocabularies, labels, decoding
 //! limits) is read from the files its manifest names, never hard-coded here;
@@ -12,6 +13,7 @@
 //! pooled session and run ONNX Runtime on the blocking pool, never on an async
 //! worker.
 
+pub mod lm;
 pub mod seq2seq;
 pub mod text;
 

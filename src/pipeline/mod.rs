@@ -2,9 +2,11 @@
 //!
 //! Stages are async tasks joined by bounded channels (records from ingest,
 //! two batches between later stages), so a slow Postgres slows the consumer
-//! instead of growing memory. CPU work (polars, ONNX Runtime) runs on the
-//! blocking pool. Batches flow in order, and the sink commits them in order:
-//! a partition's committed offset never passes an uncommitted record.
+//! instead of growing memory. With a `[language_model]`, a surprise stage
+//! between featurize and score adds each row's MCC surprise. CPU work
+//! (polars, ONNX Runtime) runs on the blocking pool. Batches flow in order,
+//! and the sink commits them in order: a partition's committed offset never
+//! passes an uncommitted record.
 //!
 //! A revocation travels down the pipeline as a barrier: when the sink has
 //! committed everything before it, the consumer lets the partitions go.
@@ -18,6 +20,7 @@ use crate::event::Transaction;
 use crate::features::{self, CardState, FeatureBatch, TerminalStats, HISTORY_LEN};
 use crate::ingest::{self, Ingested, Record};
 use crate::metrics::Metrics;
+use crate::models::lm::MerchantLm;
 use crate::scoring::{Scored, Scorer};
 use crate::sink::{
     self, DeadLetter, DecisionRow, LabelRow, OffsetUpdate, Provenance, SinkBatch, SinkError,
@@ -44,6 +47,8 @@ pub enum EngineError {
     Kafka(#[from] rdkafka::error::KafkaError),
     #[error("featurization: {0}")]
     Features(#[from] polars::error::PolarsError),
+    #[error("merchant language model: {0}")]
+    LanguageModel(#[from] crate::models::ModelError),
     #[error("{0}")]
     Other(String),
 }
@@ -63,6 +68,8 @@ struct Shared {
     pool: PgPool,
     metrics: Arc<Metrics>,
     scorer: Scorer,
+    /// The merchant language model, when `[language_model]` is configured.
+    lm: Option<Arc<MerchantLm>>,
     thresholds: ThresholdSet,
     provenance: Provenance,
 }
@@ -76,6 +83,8 @@ struct Work {
     offsets: Vec<OffsetUpdate>,
     features: Option<Arc<FeatureBatch>>,
     state_complete: bool,
+    /// Per transaction, in row order (with a language model only).
+    mcc_surprise: Option<Vec<f32>>,
     scored: Vec<Scored>,
 }
 
@@ -109,6 +118,29 @@ pub async fn run(
         .await
         .map_err(|e| EngineError::Other(e.to_string()))??;
     sink::register_model(&pool, &scorer.manifest).await?;
+    let lm = match config.language_model.clone() {
+        None => None,
+        Some(c) => {
+            let lm = tokio::task::spawn_blocking(move || {
+                let opts = crate::registry::LoadOptions {
+                    sessions: 1,
+                    intra_threads: c.intra_threads,
+                    batch: crate::registry::BatchOptions {
+                        max_batch: c.max_batch,
+                        ..Default::default()
+                    },
+                };
+                MerchantLm::load(&c.dir, &opts)
+            })
+            .await
+            .map_err(|e| EngineError::Other(e.to_string()))?
+            // Named by its key, like every other startup problem.
+            .map_err(|e| EngineError::Other(format!("language_model.dir: {e}")))?;
+            sink::register_model(&pool, &lm.model().manifest).await?;
+            tracing::info!(model = %lm.model().name(), version = %lm.model().version(), "merchant language model in force (mcc_surprise)");
+            Some(Arc::new(lm))
+        }
+    };
     let mut thresholds = ThresholdSet::new(config.thresholds.clone());
     thresholds.version = sink::register_thresholds(&pool, &thresholds).await?;
     tracing::info!(model = %scorer.manifest.name, version = %scorer.manifest.version, thresholds = thresholds.version, "model and thresholds in force");
@@ -142,6 +174,7 @@ pub async fn run(
         pool: pool.clone(),
         metrics: metrics.clone(),
         scorer,
+        lm,
         thresholds,
         provenance,
     });
@@ -291,6 +324,20 @@ fn spawn_pipeline(
     let pauses = Arc::new(ingest::PauseRequests::default());
     let (featurized_tx, featurized_rx) = mpsc::channel(2);
     let (scored_tx, scored_rx) = mpsc::channel(2);
+    // featurize → (surprise →) score: the language model's stage only when configured.
+    let (to_score_rx, surprise) = match &shared.lm {
+        None => (featurized_rx, None),
+        Some(lm) => {
+            let (surprised_tx, surprised_rx) = mpsc::channel(2);
+            let stage = tokio::spawn(surprise_stage(
+                shared.clone(),
+                lm.clone(),
+                featurized_rx,
+                surprised_tx,
+            ));
+            (surprised_rx, Some(stage))
+        }
+    };
     let group = sub.group.clone();
     let consumer = ingest::spawn_consumer(
         &shared.config.kafka,
@@ -303,7 +350,7 @@ fn spawn_pipeline(
         pauses.clone(),
         shared.metrics.clone(),
     )?;
-    let stages = vec![
+    let mut stages = vec![
         tokio::spawn(featurize_stage(
             shared.clone(),
             loader,
@@ -312,8 +359,9 @@ fn spawn_pipeline(
             records_rx,
             featurized_tx,
         )),
-        tokio::spawn(score_stage(shared.clone(), featurized_rx, scored_tx)),
+        tokio::spawn(score_stage(shared.clone(), to_score_rx, scored_tx)),
     ];
+    stages.extend(surprise);
     let sink = tokio::spawn(sink_stage(shared.clone(), group, dlq, scored_rx));
     Ok(Pipeline {
         consumer,
@@ -493,6 +541,7 @@ async fn build_work(
         offsets: a.offsets,
         features: None,
         state_complete,
+        mcc_surprise: None,
         scored: Vec::new(),
     };
     shared.metrics.in_flight.add(rows);
@@ -549,6 +598,36 @@ async fn build_work(
         .with_label_values(&["featurize"])
         .observe(started.elapsed().as_secs_f64());
     Ok(work)
+}
+
+/// The merchant language model's surprise at each row's MCC, on the blocking
+/// pool. Rows are padded to the model's full window, so a value does not
+/// depend on how the stream was cut into batches (the crash tests compare
+/// stored features byte for byte).
+async fn surprise_stage(
+    shared: Arc<Shared>,
+    lm: Arc<MerchantLm>,
+    mut input: mpsc::Receiver<Item>,
+    out: mpsc::Sender<Item>,
+) -> Result<(), EngineError> {
+    while let Some(mut item) = input.recv().await {
+        if let Item::Batch(work) = &mut item {
+            if let Some(features) = work.features.clone() {
+                let t = Instant::now();
+                let span = tracing::debug_span!("surprise", rows = features.rows);
+                work.mcc_surprise = Some(lm.surprise(features).instrument(span).await?);
+                shared
+                    .metrics
+                    .stage_seconds
+                    .with_label_values(&["surprise"])
+                    .observe(t.elapsed().as_secs_f64());
+            }
+        }
+        if out.send(item).await.is_err() {
+            break;
+        }
+    }
+    Ok(())
 }
 
 /// Score each batch through the ONNX Runtime session pool.
@@ -616,6 +695,9 @@ async fn sink_stage(
         let m = &shared.metrics;
         for d in &batch.decisions {
             m.decided.with_label_values(&[d.decision.as_str()]).inc();
+            if let Some(s) = d.mcc_surprise {
+                m.mcc_surprise.observe(f64::from(s));
+            }
         }
         m.dead_letters.inc_by(written.dead_letters as u64);
         m.labels.inc_by(written.labels as u64);
@@ -659,6 +741,7 @@ fn decide(shared: &Shared, work: &Work) -> SinkBatch {
                 history_tx_ids: f.history_tx_ids[i].clone(),
                 history_weights: s.history_attention[..HISTORY_LEN].to_vec(),
                 state_complete: work.state_complete,
+                mcc_surprise: work.mcc_surprise.as_ref().map(|s| s[i]),
                 partition: src.partition,
                 offset: src.offset,
                 kafka_ts: src

@@ -17,6 +17,8 @@ fn root_with_copy() -> (tempfile::TempDir, PathBuf) {
     let root = tempfile::tempdir().unwrap();
     let dir = root.path().join(MODEL);
     copy_dir(&committed(), &dir);
+    // The tests count versions from 1, whatever the committed one is.
+    edit_json(&dir.join("manifest.json"), |m| m["version"] = "1".into());
     (root, dir)
 }
 

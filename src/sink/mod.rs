@@ -158,6 +158,9 @@ pub async fn committed_progress(
         .collect())
 }
 
+/// The key of the merchant language model's surprise in `risk_decisions.features`.
+pub const MCC_SURPRISE: &str = "mcc_surprise";
+
 /// One decided transaction, ready to store.
 #[derive(Debug, Clone)]
 pub struct DecisionRow {
@@ -169,6 +172,9 @@ pub struct DecisionRow {
     pub history_tx_ids: Vec<String>,
     pub history_weights: Vec<f32>,
     pub state_complete: bool,
+    /// −log p(this MCC | the card's previous MCCs) under the merchant language
+    /// model, in nats; `None` when no `[language_model]` is configured.
+    pub mcc_surprise: Option<f32>,
     pub partition: i32,
     pub offset: i64,
     /// When Kafka received the record: the start of the end-to-end latency.
@@ -337,27 +343,32 @@ async fn insert_decisions(
     let features: Vec<String> = rows
         .iter()
         .map(|d| {
-            let map: serde_json::Map<String, serde_json::Value> = p
+            let mut map: serde_json::Map<String, serde_json::Value> = p
                 .feature_names
                 .iter()
                 .cloned()
                 .zip(d.features.iter().map(|v| serde_json::json!(v)))
                 .collect();
+            // Not a fraud model input (yet): stored beside them so a model
+            // trained on the stored features can use it.
+            if let Some(s) = d.mcc_surprise {
+                map.insert(MCC_SURPRISE.into(), serde_json::json!(s));
+            }
             serde_json::Value::Object(map).to_string()
         })
         .collect();
     let out = sqlx::query(
         "INSERT INTO risk_decisions (tx_id, ts, card_id, terminal_id, amount, currency, mcc, channel, country,
                 score, decision, model_name, model_version, model_sha256, threshold_version, features,
-                state_complete, source_topic, source_partition, source_offset, kafka_ts)
+                state_complete, source_topic, source_partition, source_offset, kafka_ts, mcc_surprise)
          SELECT u.tx_id, u.ts, u.card_id, u.terminal_id, u.amount::numeric(14, 2), u.currency, u.mcc, u.channel,
                 u.country, u.score, u.decision, $14, $15, $16, $17, u.features::jsonb, u.complete, $18,
-                u.part, u.off, u.kafka_ts
+                u.part, u.off, u.kafka_ts, u.surprise
            FROM unnest($1::text[], $2::timestamptz[], $3::text[], $4::text[], $5::float8[], $6::text[],
                        $7::int[], $8::text[], $9::text[], $10::real[], $11::text[], $12::text[], $13::bool[],
-                       $19::int[], $20::bigint[], $21::timestamptz[])
+                       $19::int[], $20::bigint[], $21::timestamptz[], $22::real[])
              AS u(tx_id, ts, card_id, terminal_id, amount, currency, mcc, channel, country, score, decision,
-                  features, complete, part, off, kafka_ts)
+                  features, complete, part, off, kafka_ts, surprise)
          ON CONFLICT (tx_id) DO NOTHING
          RETURNING tx_id",
     )
@@ -382,6 +393,7 @@ async fn insert_decisions(
     .bind(rows.iter().map(|d| d.partition).collect::<Vec<_>>())
     .bind(rows.iter().map(|d| d.offset).collect::<Vec<_>>())
     .bind(rows.iter().map(|d| d.kafka_ts).collect::<Vec<_>>())
+    .bind(rows.iter().map(|d| d.mcc_surprise).collect::<Vec<_>>())
     .fetch_all(&mut *tx)
     .await?;
     Ok(out.iter().map(|r| r.get(0)).collect())

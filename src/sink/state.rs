@@ -5,7 +5,7 @@
 //! only for days every partition has closed (see [`crate::pipeline::watermark`]).
 
 use super::SinkError;
-use crate::features::{FraudReport, PastTx, HISTORY_LEN, MS_PER_DAY};
+use crate::features::{kept_per_card, FraudReport, PastTx, HISTORY_LEN, MS_PER_DAY};
 use chrono::{DateTime, Utc};
 use sqlx::{PgPool, Row};
 use std::sync::Arc;
@@ -14,23 +14,26 @@ fn day_start(day: i64) -> DateTime<Utc> {
     DateTime::from_timestamp_millis(day * MS_PER_DAY).expect("day in range")
 }
 
-/// The remembered transactions of `cards`: the last [`HISTORY_LEN`] of each,
-/// and everything within the card retention of its newest one.
+/// The remembered transactions of `cards`: the last
+/// [`kept_per_card`]`(HISTORY_LEN)` of each (the history sequence and the MCC
+/// context), and everything within the card retention of its newest one,
+/// exactly what [`crate::features::CardState`] keeps in a fault-free run
+/// (same-time transactions of a card in partition order, as they arrived).
 pub async fn load_cards(
     pool: &PgPool,
     cards: &[String],
     retention_ms: i64,
 ) -> Result<Vec<(String, PastTx)>, SinkError> {
     let rows = sqlx::query(
-        "SELECT card_id, tx_id, ts, amount::float8, terminal_id, country, channel FROM (
-             SELECT *, row_number() OVER (PARTITION BY card_id ORDER BY ts DESC) AS rn,
+        "SELECT card_id, tx_id, ts, amount::float8, terminal_id, country, channel, mcc FROM (
+             SELECT *, row_number() OVER (PARTITION BY card_id ORDER BY ts DESC, source_offset DESC) AS rn,
                     max(ts) OVER (PARTITION BY card_id) AS newest
                FROM risk_decisions WHERE card_id = ANY($1)) r
           WHERE rn <= $2 OR ts >= newest - make_interval(secs => $3::float8 / 1000)
           ORDER BY card_id, ts, source_offset",
     )
     .bind(cards)
-    .bind(HISTORY_LEN as i64)
+    .bind(kept_per_card(HISTORY_LEN) as i64)
     .bind(retention_ms as f64)
     .fetch_all(pool)
     .await?;
@@ -51,6 +54,7 @@ pub async fn load_cards(
                     terminal_id: Arc::from(terminal),
                     country: country.map(Arc::from),
                     ecom: channel.as_deref() == Some("ecom"),
+                    mcc: r.get(7),
                 },
             )
         })

@@ -174,7 +174,8 @@ def main() -> None:
 
     # Where the model looks, per class: mean attention map of the held-out images.
     att_np = ort_all["attention"]
-    mean_map = {int(c): np.round(att_np[y[te] == c].mean(0).reshape(GRID, GRID), 3).tolist() for c in range(10)}
+    mean_map = {int(c): np.round(att_np[y[te] == c].astype(np.float64).mean(0).reshape(GRID, GRID), 3).tolist()
+                for c in range(10)}
 
     C.write_manifest(out, sess, {
         "name": "digit-vit", "version": "1", "task": "vision",
