@@ -58,9 +58,10 @@ unit-test:
 integration-test:
 	cargo test --test integration -- --test-threads=1
 
-# The committed model still matches its manifest and golden file (ONNX Runtime from Python, no PyTorch).
+# The committed models still match their manifests, golden files and test vectors (ONNX Runtime from Python, no PyTorch).
 model-check:
 	.venv/bin/python training/export_check.py models/fraud-attention
+	.venv/bin/python training/zoo/check.py
 
 lint: setup
 	$(ENV) cargo fmt --all -- --check

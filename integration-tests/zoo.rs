@@ -158,6 +158,11 @@ fn decode_vectors_match_the_python_reference() {
 
     let vectors = file["vectors"].as_array().unwrap();
     assert!(vectors.len() >= 20, "only {} vectors", vectors.len());
+    // Some vectors must tell beam search from greedy, or beam is untested.
+    assert!(
+        vectors.iter().any(|v| v["greedy"] != v["beam4"]),
+        "no vector where beam search and greedy decoding differ"
+    );
     let mut mismatches = Vec::new();
     for v in vectors {
         let text = v["text"].as_str().unwrap();
@@ -217,40 +222,6 @@ fn decode_vectors_match_the_python_reference() {
 /// search, so these pin the beam logic where it matters: inputs on which the
 /// two differ and no `<eos>` comes within `max_steps`. Decoded with
 /// training/zoo/cheque_decode.py against the decoder with this sha256.
-#[test]
-fn beam_differs_from_greedy_as_in_the_reference() {
-    const DECODER_SHA256: &str = "f1da17d9683304c4cb8b0e45f493593c597215fb5e76db12fff197d95ffdcabb";
-    let cases = [
-        ("twelve", "111211121112", "112111211211", -0.547133),
-        ("hello world", "777777777777", "77777777.777", -0.434581),
-        (
-            "one two three four five six seven eight nine ten eleven twelve thirteen",
-            "1113756756.5",
-            "11137567.56",
-            -0.681721,
-        ),
-    ];
-    let manifest = read_json(&model("cheque-words-decoder").join("manifest.json"));
-    if manifest["sha256"] != DECODER_SHA256 {
-        eprintln!("skipped: the decoder was retrained (these references are for {DECODER_SHA256})");
-        return;
-    }
-    let t = translator();
-    for (text, greedy, beam, score) in cases {
-        assert_eq!(
-            t.translate_blocking(text, Search::Greedy).unwrap().text,
-            greedy,
-            "{text:?}"
-        );
-        let b = t.translate_blocking(text, Search::Beam(4)).unwrap();
-        assert_eq!(b.text, beam, "{text:?}");
-        assert!(
-            (b.normalised_log_prob - score).abs() < 2e-6,
-            "{text:?}: {}",
-            b.normalised_log_prob
-        );
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn translate_through_the_registry_matches_the_blocking_path() {

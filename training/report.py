@@ -14,8 +14,8 @@ BEGIN, END = "<!-- fraud-study:begin -->", "<!-- fraud-study:end -->"
 METRICS = (("auc_roc", "AUC ROC"), ("average_precision", "AP"), ("card_precision_at_100", "CP@100"))
 # Fraud Detection Handbook, chapter "Model selection", best model on its own simulated data.
 HANDBOOK = {"auc_roc": 0.876, "average_precision": 0.687, "card_precision_at_100": 0.303}
-CALIBRATION_MODELS = ("logistic-regression", "gradient-boosting", "feed-forward", "transformer-sinusoidal",
-                      "gru-attention")
+CALIBRATION_MODELS = ("logistic-regression", "gradient-boosting", "feed-forward", "gru-attention",
+                      "transformer-none", "transformer-none-28d")
 
 
 def load(results: Path) -> dict:

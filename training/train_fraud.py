@@ -183,7 +183,8 @@ def main():
             "per_scenario": M.per_scenario_recall(data["scenario"][te] if data["scenario"] is not None else None,
                                                   y, score, thresholds),
             "mean_attention_by_group": explanations(data, te, pred),
-            "prequential_study": study_summary(c["name"]),
+            "prequential_study": study_summary(c["name"] if a.train_days == D.TRAIN_DAYS
+                                               else f"{c['name']}-{a.train_days}d"),
         },
         "default_thresholds": thresholds,
         "threshold_rationale": (

@@ -20,7 +20,6 @@ import math
 import numpy as np
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 import cheque_decode as CD
 import common as C
