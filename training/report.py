@@ -85,8 +85,8 @@ def calibration_plot(rs: dict, scores: Path, out: Path) -> list[str]:
         rows.append(f"| {name} | {brier(y, s):.5f} | {s.mean():.4f} | {y.mean():.4f} |")
     ax.set_xlabel("mean predicted fraud probability (bin)")
     ax.set_ylabel("observed fraud rate (bin)")
-    ax.set_title("Reliability, 4 test weeks pooled\n(bins: score quantiles 0-90%, then deciles of the top 10%)",
-                 fontsize=9)
+    ax.set_title("Reliability, 4 test weeks pooled\n(bins: the bottom 90% of scores, then ever finer top "
+                 "quantiles down to the top 0.05%)", fontsize=9)
     ax.legend(fontsize=7)
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
@@ -112,7 +112,9 @@ def render(results: Path, scores: Path, docs: Path, order: list[str]) -> None:
              f"{np.mean([f['test_frauds'] for f in folds]):.0f} frauds). CP@100 upper bound (fewer than "
              f"100 compromised cards a day): {fmt(ms(any_r, 'card_precision_upper_bound'))}. "
              "Train time: wall seconds per fold on the 2-core machine, shared with other jobs, so "
-             "compare orders of magnitude only. ONNX µs/tx: ONNX Runtime, 1 thread, batches of 256.")
+             "compare orders of magnitude only. ONNX µs/tx: ONNX Runtime, 1 thread, batches of 256, "
+             "measured on fold 0 during the study, with the same caveat (the production model alone, on a "
+             "quieter machine: `export.ort_microseconds_per_tx_batch256_1thread` in its manifest).")
     L.append("")
     L.append("### All models")
     L.append("")

@@ -34,9 +34,11 @@ def quality(day, card, y, score) -> dict:
 
 
 def reliability(y, score, bins: int = 10) -> list[dict]:
-    """Calibration: mean score vs observed fraud rate per bin. The bins are score quantiles
-    of the fraud-heavy tail (most scores are ~0), so each bin holds enough rows."""
-    edges = np.unique(np.quantile(score, np.r_[0, np.linspace(0.9, 1, bins)]))
+    """Calibration: mean score vs observed fraud rate per bin. Frauds are ~1% of rows and
+    most scores are ~0, so the bins are score quantiles that get finer towards the top:
+    the bottom 90%, then tails of 10%, 5%, 2.5%, ... down to the top 0.05%."""
+    tails = np.geomspace(0.1, 0.0005, bins - 1)
+    edges = np.unique(np.quantile(score, np.r_[0, 1 - tails, 1]))
     which = np.clip(np.searchsorted(edges, score, side="right") - 1, 0, len(edges) - 2)
     out = []
     for b in range(len(edges) - 1):
