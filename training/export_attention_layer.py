@@ -20,25 +20,18 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn as nn
+
+from fraudlib.models import MaskedMHA
 
 D_MODEL, HEADS, Q_LEN, K_LEN = 32, 4, 3, 16
 SEED = 20_241_125
 OPSET = 17
-MASK_NEG = -1e9  # the contract's value (training/fraudlib/models.py), not -inf: no NaN on all-padding rows
 INPUTS = ["query", "key_value", "key_mask"]
 OUTPUTS = ["output", "weights", "output_alibi", "weights_alibi"]
-
-
-def masked_softmax(scores: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Same as fraudlib.models.masked_softmax (copied so this script stands alone)."""
-    w = torch.softmax(scores + (1.0 - mask) * MASK_NEG, dim=-1) * mask
-    return w / torch.clamp(w.sum(dim=-1, keepdim=True), min=1e-12)
 
 
 def alibi_bias(heads: int, q_len: int, k_len: int) -> torch.Tensor:
@@ -48,30 +41,16 @@ def alibi_bias(heads: int, q_len: int, k_len: int) -> torch.Tensor:
     return -slopes[:, None, None] * dist
 
 
-class MaskedMHALayer(nn.Module):
-    """MaskedMHA from training/fraudlib/models.py plus an optional additive bias on the scores."""
+class MaskedMHALayer(MaskedMHA):
+    """The models' own MaskedMHA (training/fraudlib/models.py), run plain and with an ALiBi bias."""
 
     def __init__(self, d: int, heads: int, q_len: int, k_len: int):
-        super().__init__()
-        assert d % heads == 0
-        self.h, self.dh = heads, d // heads
-        self.q, self.k, self.v, self.o = (nn.Linear(d, d) for _ in range(4))
+        super().__init__(d, heads)
         self.register_buffer("alibi", alibi_bias(heads, q_len, k_len))
 
-    def attend(self, q_in, kv_in, key_mask, bias):
-        B, Q, _ = q_in.shape
-        split = lambda x: x.reshape(B, x.shape[1], self.h, self.dh).transpose(1, 2)  # [B,h,T,dh]
-        q, k, v = split(self.q(q_in)), split(self.k(kv_in)), split(self.v(kv_in))
-        scores = q @ k.transpose(-1, -2) / math.sqrt(self.dh)  # [B,h,Q,K]
-        if bias is not None:
-            scores = scores + bias
-        w = masked_softmax(scores, key_mask[:, None, None, :])
-        out = (w @ v).transpose(1, 2).reshape(B, Q, self.h * self.dh)
-        return self.o(out), w
-
     def forward(self, query, key_value, key_mask):
-        out, w = self.attend(query, key_value, key_mask, None)
-        out_alibi, w_alibi = self.attend(query, key_value, key_mask, self.alibi)
+        out, w = super().forward(query, key_value, key_mask)
+        out_alibi, w_alibi = super().forward(query, key_value, key_mask, self.alibi)
         return out, w, out_alibi, w_alibi
 
 
@@ -88,7 +67,7 @@ def example_inputs(gen: torch.Generator) -> dict[str, torch.Tensor]:
     return {"query": query, "key_value": key_value, "key_mask": mask}
 
 
-def linear_json(layer: nn.Linear) -> dict:
+def linear_json(layer: torch.nn.Linear) -> dict:
     return {"weight": layer.weight.detach().numpy().tolist(),
             "bias": layer.bias.detach().numpy().tolist()}
 
@@ -125,7 +104,7 @@ def main() -> None:
     assert float(outputs["weights"][3].abs().max()) == 0.0, "all-padding row must get zero weights"
 
     fixture = {
-        "description": "one MaskedMHA layer (training/fraudlib/models.py masking), plain and with an ALiBi "
+        "description": "the models' MaskedMHA layer (training/fraudlib/models.py), plain and with an ALiBi "
                        "bias; written by training/export_attention_layer.py",
         "d_model": D_MODEL,
         "heads": HEADS,
