@@ -39,6 +39,26 @@ fn root_with(names: &[&str]) -> tempfile::TempDir {
     root
 }
 
+/// A registry over just `names` (sorted), loaded off the async runtime; the
+/// directory must outlive it.
+async fn registry_with(names: &[&'static str]) -> (tempfile::TempDir, Registry) {
+    let root = root_with(names);
+    let registry = Registry::new(
+        root.path(),
+        LoadOptions::default(),
+        Arc::new(ServeMetrics::new()),
+    );
+    let want = names.to_vec();
+    let registry = tokio::task::spawn_blocking(move || {
+        let report = registry.scan(false);
+        assert_eq!(report.loaded, want, "{report:?}");
+        registry
+    })
+    .await
+    .unwrap();
+    (root, registry)
+}
+
 fn riskstream(args: &[&str]) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_riskstream"))
         .args(args)
@@ -119,19 +139,7 @@ fn descriptor_tokenizer_vectors_through_the_model() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn classify_through_the_registry_matches_the_blocking_path() {
-    let root = root_with(&["merchant-descriptor"]);
-    let registry = Registry::new(
-        root.path(),
-        LoadOptions::default(),
-        Arc::new(ServeMetrics::new()),
-    );
-    let registry = tokio::task::spawn_blocking(move || {
-        let report = registry.scan(false);
-        assert_eq!(report.loaded, ["merchant-descriptor"], "{report:?}");
-        registry
-    })
-    .await
-    .unwrap();
+    let (_root, registry) = registry_with(&["merchant-descriptor"]).await;
     let classifier = TextClassifier::from_registry(&registry, "merchant-descriptor").unwrap();
     let texts = ["UBER *TRIP HELP.UBER.COM", "SHELL OIL 57442 HOUSTON TX", ""];
     let asked = classifier.classify(&texts).await.unwrap();
@@ -218,26 +226,9 @@ fn decode_vectors_match_the_python_reference() {
     );
 }
 
-/// Every vector in decode_vectors.json decodes the same with greedy and beam
-/// search, so these pin the beam logic where it matters: inputs on which the
-/// two differ and no `<eos>` comes within `max_steps`. Decoded with
-/// training/zoo/cheque_decode.py against the decoder with this sha256.
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn translate_through_the_registry_matches_the_blocking_path() {
-    let root = root_with(&["cheque-words-encoder", "cheque-words-decoder"]);
-    let registry = Registry::new(
-        root.path(),
-        LoadOptions::default(),
-        Arc::new(ServeMetrics::new()),
-    );
-    let registry = tokio::task::spawn_blocking(move || {
-        let report = registry.scan(false);
-        assert_eq!(report.loaded.len(), 2, "{report:?}");
-        registry
-    })
-    .await
-    .unwrap();
+    let (_root, registry) = registry_with(&["cheque-words-decoder", "cheque-words-encoder"]).await;
     let t = Translator::from_registry(&registry, "cheque-words-encoder").unwrap();
     let text = "five hundred forty-five and 25/100";
     let (greedy, beam) = tokio::join!(
