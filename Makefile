@@ -6,6 +6,8 @@
 #   make train         retrain every committed model from the simulator (needs PyTorch; not used by tests)
 #   make study         the fraud model study: every model/positional encoding, 4 folds -> docs/MODELS.md (~40 min)
 #   make evaluate      handbook-protocol metrics of MODEL on DATA, FOLDS weekly test windows (release build)
+#   make fuzz          AFL++ on the wire decoders for FUZZ_SECONDS (default 1800), then minimize fuzz/corpus
+#   make chaos         CHAOS_TX (1M) tx + hostile records through kill -9s, outages, scale 1->3->1 (release; stops the stack)
 #   make lint          rustfmt --check and clippy -D warnings
 #   make setup         install system packages, Kafka jars, .venv with onnxruntime (idempotent)
 #   make stack-up      start local Kafka (127.0.0.1:39092) + PostgreSQL (127.0.0.1:55432)
@@ -21,7 +23,7 @@ SHELL := bash
 # CARGO_TARGET_DIR and the stack's addresses from scripts/env.sh.
 ENV := source scripts/env.sh &&
 
-.PHONY: help setup stack-up stack-down stack-status stack-reset build demo test unit-test integration-test model-check lint bench train study evaluate
+.PHONY: help setup stack-up stack-down stack-status stack-reset build demo test unit-test integration-test model-check lint bench train study evaluate fuzz chaos
 
 help:
 	@sed -n 's/^#   make /make /p' $(firstword $(MAKEFILE_LIST))
@@ -86,3 +88,12 @@ DATA ?= training/.data/transactions.parquet
 FOLDS ?= 4
 evaluate: setup
 	$(ENV) cargo run --release -- evaluate --model $(MODEL) --data $(DATA) --folds $(FOLDS)
+
+# Not part of `make test`: it runs for half an hour. Own crate and target dir (fuzz/), so no $(ENV).
+fuzz:
+	bash scripts/fuzz.sh
+
+# Not part of `make test`: long, and it stops and starts the shared stack.
+# Results go to docs/RELIABILITY.md ("Chaos run"), with the command used.
+chaos: setup stack-up
+	$(ENV) bash scripts/chaos.sh

@@ -19,6 +19,80 @@ pub fn admin_url() -> String {
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:55432/riskstream".into())
 }
 
+/// A login of the local stack (scripts/stack creates them with these dev
+/// passwords; [`World::new`] too, when they are missing).
+#[derive(Debug, Clone, Copy)]
+pub struct Login {
+    pub user: &'static str,
+    pub password: &'static str,
+    /// The group role it is a member of.
+    pub role: &'static str,
+}
+
+/// Runs `riskstream migrate`: owns the schema.
+pub const MIGRATOR: Login = Login {
+    user: "riskstream_migrator",
+    password: "dev-migrator",
+    role: "riskstream_owner",
+};
+/// Runs `riskstream run`: inserts, updates only `kafka_offsets`.
+pub const ENGINE: Login = Login {
+    user: "riskstream_engine",
+    password: "dev-engine",
+    role: "riskstream_writer",
+};
+/// Reads.
+pub const ANALYST: Login = Login {
+    user: "riskstream_analyst_user",
+    password: "dev-analyst",
+    role: "riskstream_analyst",
+};
+
+/// The URL of database `db` for `login`, on the server of [`admin_url`].
+pub fn url_as(login: Login, db: &str) -> String {
+    let admin = admin_url();
+    let rest = admin.split_once("://").map_or(admin.as_str(), |(_, r)| r);
+    let host = rest.rsplit_once('@').map_or(rest, |(_, h)| h);
+    let host = host.split_once('/').map_or(host, |(h, _)| h);
+    format!("postgres://{}:{}@{host}/{db}", login.user, login.password)
+}
+
+/// The group roles and the logins, as `scripts/stack up` makes them, so a
+/// stack started by an older script works too. Idempotent and safe against
+/// a concurrent test doing the same.
+async fn ensure_logins(admin: &PgPool) {
+    let mut statements = Vec::new();
+    for role in [MIGRATOR.role, ENGINE.role, ANALYST.role] {
+        statements.push(format!(
+            "IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '{role}') THEN
+                 CREATE ROLE {role} NOLOGIN;
+             END IF;"
+        ));
+    }
+    for l in [MIGRATOR, ENGINE, ANALYST] {
+        statements.push(format!(
+            "IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '{user}') THEN
+                 CREATE ROLE {user} LOGIN PASSWORD '{password}';
+             END IF;
+             IF NOT pg_has_role('{user}', '{role}', 'MEMBER') THEN
+                 GRANT {role} TO {user};
+             END IF;",
+            user = l.user,
+            password = l.password,
+            role = l.role
+        ));
+    }
+    for statement in statements {
+        sqlx::query(&format!(
+            "DO $$ BEGIN {statement}
+               EXCEPTION WHEN duplicate_object OR unique_violation THEN NULL; END $$"
+        ))
+        .execute(admin)
+        .await
+        .unwrap();
+    }
+}
+
 pub fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
@@ -36,7 +110,9 @@ pub fn lm_dir() -> PathBuf {
 pub struct World {
     pub name: String,
     pub dir: tempfile::TempDir,
+    /// The superuser's URL of this world's database.
     pub db_url: String,
+    /// The superuser's pool: what tests inspect (and break) with.
     pub pool: PgPool,
     pub config_path: PathBuf,
     /// The config has a `[language_model]`: decisions carry `mcc_surprise`.
@@ -53,7 +129,10 @@ impl World {
             .execute(&admin)
             .await
             .unwrap();
-        sqlx::query(&format!("CREATE DATABASE {name}"))
+        ensure_logins(&admin).await;
+        // Owned by riskstream_owner, as in production: the migrator (not a
+        // superuser) creates the schema, and the engine runs as the writer.
+        sqlx::query(&format!("CREATE DATABASE {name} OWNER {}", MIGRATOR.role))
             .execute(&admin)
             .await
             .unwrap();
@@ -63,7 +142,15 @@ impl World {
             .map(|(base, _)| format!("{base}/{name}"))
             .unwrap();
         let pool = PgPool::connect(&db_url).await.unwrap();
-        riskstream::sink::migrate(&pool).await.unwrap();
+        let migrator = PgPool::connect(&url_as(MIGRATOR, &name))
+            .await
+            .expect("the migrator logs in (scripts/stack up)");
+        let migrated = riskstream::sink::migrate(&migrator).await.unwrap();
+        assert_eq!(
+            migrated.role, MIGRATOR.role,
+            "objects belong to the owner role"
+        );
+        migrator.close().await;
         let dir = tempfile::tempdir().unwrap();
         let world = World {
             config_path: dir.path().join("riskstream.toml"),
@@ -75,7 +162,7 @@ impl World {
         };
         std::fs::write(&world.config_path, world.config_text(partitions, "")).unwrap();
         riskstream::ingest::topics::ensure_topics(
-            &brokers(),
+            &riskstream::ingest::client::plain(&brokers()),
             &[
                 (&world.topic("transactions"), partitions),
                 (&world.topic("labels"), 1),
@@ -105,7 +192,8 @@ partitions = {partitions}
 session_timeout_ms = 6000
 
 [postgres]
-url = "{db}"
+url = "{engine}"
+migrate_url = "{migrator}"
 max_connections = 4
 
 [pipeline]
@@ -132,7 +220,8 @@ listen = ""
 "#,
             brokers = brokers(),
             name = self.name,
-            db = self.db_url,
+            engine = url_as(ENGINE, &self.name),
+            migrator = url_as(MIGRATOR, &self.name),
             model = model_dir().display(),
             lm = lm_dir().display(),
         )
@@ -146,7 +235,7 @@ listen = ""
         });
         let (t, l) = (self.topic("transactions"), self.topic("labels"));
         let target = simulate::kafka::Target {
-            brokers: &brokers(),
+            client: riskstream::ingest::client::plain(&brokers()),
             transactions_topic: &t,
             labels_topic: &l,
             rate: None,

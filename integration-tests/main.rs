@@ -7,12 +7,17 @@
 //! two cores.
 
 mod attention_parity;
+mod chaos;
 mod common;
 mod config_errors;
 mod evaluate;
 mod exactly_once;
+mod hostile;
 mod merchant_lm;
 mod model_golden;
+mod outages;
 mod poison;
+mod privileges;
+mod secured;
 mod serve;
 mod zoo;

@@ -94,11 +94,24 @@ async fn each_poison_record_is_dead_lettered_with_its_reason_and_offset() {
             reason.contains(want),
             "poison #{i}: reason {reason:?} should mention {want:?}"
         );
-        assert_eq!(
-            stored_len.unwrap_or(0) as usize,
-            payload.len(),
-            "original bytes kept"
-        );
+        if *want == "too large" {
+            // Refused before it was copied: its prefix is kept, its size named.
+            assert_eq!(
+                stored_len,
+                Some(1024),
+                "an oversized record keeps its prefix"
+            );
+            assert!(
+                reason.contains(&format!("{} bytes", payload.len())),
+                "{reason}"
+            );
+        } else {
+            assert_eq!(
+                stored_len.unwrap_or(0) as usize,
+                payload.len(),
+                "original bytes kept"
+            );
+        }
     }
 
     // The Kafka DLQ has the same records, with the source in headers.
@@ -125,6 +138,16 @@ async fn each_poison_record_is_dead_lettered_with_its_reason_and_offset() {
             // Oversized payloads travel truncated, with their original length.
             let len = header("truncated_from")
                 .map_or(m.payload().map_or(0, |p| p.len()), |n| n.parse().unwrap());
+            // A stable key: the record's source, so duplicates are easy to drop.
+            assert_eq!(
+                m.key().map(|k| String::from_utf8_lossy(k).to_string()),
+                Some(format!(
+                    "{}/0/{}",
+                    world.topic("transactions"),
+                    header("source_offset").unwrap()
+                ))
+            );
+            assert_eq!(header("source_key").as_deref(), Some("k"));
             seen.push((
                 header("source_offset").unwrap(),
                 header("reason").unwrap(),

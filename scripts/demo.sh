@@ -14,10 +14,18 @@ RUN="demo$(date +%s)"
 DB=riskstream_demo
 PSQL=(psql -q -X -v ON_ERROR_STOP=1 -h 127.0.0.1 -p 55432 -U postgres)
 
-"${PSQL[@]}" -d riskstream -c "DROP DATABASE IF EXISTS $DB WITH (FORCE)" -c "CREATE DATABASE $DB"
+# Owned by riskstream_owner, so the migrator (a member) creates the schema in it.
+"${PSQL[@]}" -d riskstream -c "DROP DATABASE IF EXISTS $DB WITH (FORCE)" \
+  -c "CREATE DATABASE $DB OWNER riskstream_owner"
 
-# Environment overrides (RISKSTREAM_<SECTION>__<KEY>) point the stock config at this run.
-export RISKSTREAM_POSTGRES__URL="postgres://postgres@127.0.0.1:55432/$DB"
+# Environment overrides (RISKSTREAM_<SECTION>__<KEY>) point the stock config at
+# this run, with the local stack's logins (scripts/stack): the engine as
+# riskstream_engine (riskstream_writer), migrations as riskstream_migrator
+# (riskstream_owner), the report as riskstream_analyst_user (read-only).
+PG=127.0.0.1:55432/$DB
+export RISKSTREAM_POSTGRES__URL="postgres://riskstream_engine:dev-engine@$PG"
+export RISKSTREAM_POSTGRES__MIGRATE_URL="postgres://riskstream_migrator:dev-migrator@$PG"
+ANALYST_URL="postgres://riskstream_analyst_user:dev-analyst@$PG"
 export RISKSTREAM_KAFKA__GROUP_ID="$RUN"
 export RISKSTREAM_KAFKA__TRANSACTIONS_TOPIC="$RUN.transactions"
 export RISKSTREAM_KAFKA__LABELS_TOPIC="$RUN.labels"
@@ -25,6 +33,7 @@ export RISKSTREAM_KAFKA__DLQ_TOPIC="$RUN.transactions.dlq"
 export RISKSTREAM_SERVER__LISTEN="127.0.0.1:9464"
 
 "$BIN" check-config
+# `run` does not migrate (its login may not): it refuses to start until this did.
 "$BIN" migrate
 LOG=".stack/demo-engine.log"
 mkdir -p .stack
@@ -55,10 +64,10 @@ curl -s http://127.0.0.1:9464/metrics | grep -E '^riskstream_(decisions_total|de
 kill -TERM "$ENGINE"; wait "$ENGINE" || true; trap - EXIT
 echo "(all decided within ${ELAPSED}s of the producer finishing; engine log: $LOG)"
 echo
-"$BIN" report
+RISKSTREAM_POSTGRES__URL="$ANALYST_URL" "$BIN" report
 cat <<MSG
 
-Explore it yourself:
-  psql -h 127.0.0.1 -p 55432 -U postgres $DB
+Explore it yourself, read-only (password dev-analyst):
+  psql -h 127.0.0.1 -p 55432 -U riskstream_analyst_user $DB
   SELECT * FROM decision_reasons WHERE decision <> 'approve' ORDER BY score DESC LIMIT 10;
 MSG

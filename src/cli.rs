@@ -10,7 +10,6 @@ use anyhow::{Context, Result};
 use sqlx::Row;
 use std::path::Path;
 use std::process::ExitCode;
-use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 
@@ -20,23 +19,34 @@ pub async fn run(config: &Config) -> Result<ExitCode> {
     let shutdown = CancellationToken::new();
     tokio::spawn(signals(shutdown.clone()));
     let metrics = Arc::new(Metrics::new());
-    let ready = Arc::new(AtomicBool::new(false));
+    // Stalled: records held and nothing committed for longer than a batch
+    // may legitimately wait for the watermark, twice over.
+    let stall_ms = (2 * config.pipeline.state_wait_ms).max(60_000) as i64;
+    let health = Arc::new(crate::health::Health::new(stall_ms, 60_000));
     if !config.server.listen.is_empty() {
         let addr = config.server.listen.parse().context("server.listen")?;
-        let health = serve::Health {
+        let state = serve::Health {
             metrics: metrics.clone(),
-            ready: ready.clone(),
+            health: health.clone(),
         };
         let token = shutdown.clone();
         tokio::spawn(async move {
-            if let Err(e) = serve::serve(addr, health, token).await {
+            if let Err(e) = serve::serve(addr, state, token).await {
                 tracing::error!(error = %e, "metrics server failed");
             }
         });
     }
-    let summary = pipeline::run(config.clone(), metrics, ready, shutdown).await?;
-    tracing::info!(?summary, "engine stopped");
-    Ok(ExitCode::SUCCESS)
+    match pipeline::run(config.clone(), metrics, health.clone(), shutdown).await {
+        Ok(summary) => {
+            tracing::info!(?summary, "engine stopped");
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) => {
+            health.set_fatal(&e.to_string());
+            tracing::error!(error = %e, "engine failed");
+            Err(e).context("riskstream run")
+        }
+    }
 }
 
 /// `riskstream serve`: every model under `--models` over the Open Inference
@@ -253,10 +263,28 @@ pub async fn evaluate(opts: crate::evaluate::Options, json: Option<&Path>) -> Re
     Ok(ExitCode::SUCCESS)
 }
 
+/// `riskstream migrate`: apply the migrations as `postgres.migrate_url` (a
+/// member of the schema's owner role), or `postgres.url` without it.
 pub async fn migrate(config: &Config) -> Result<ExitCode> {
-    let pool = sink::connect(config.postgres.url.expose(), 2).await?;
-    sink::migrate(&pool).await?;
-    println!("migrations applied");
+    let pg = &config.postgres;
+    let (url, key) = match &pg.migrate_url {
+        Some(url) => (url, "postgres.migrate_url"),
+        None => (&pg.url, "postgres.url"),
+    };
+    let pool = sink::connect(url.expose(), 2)
+        .await
+        .with_context(|| format!("connect as {key}"))?;
+    let done = sink::migrate(&pool).await.with_context(|| {
+        format!(
+            "migrate as {key}: it must log in as a member of {owner} (or a superuser), \
+             in a database {owner} owns or may create in",
+            owner = sink::schema::OWNER_ROLE
+        )
+    })?;
+    println!(
+        "migrations applied: schema at version {} (as {})",
+        done.version, done.role
+    );
     Ok(ExitCode::SUCCESS)
 }
 
@@ -284,7 +312,7 @@ pub async fn simulate(
     }
     let k = kafka.context("no Kafka configuration")?.clone();
     crate::ingest::topics::ensure_topics(
-        &k.brokers,
+        &crate::ingest::client::base(&k),
         &[
             (&k.transactions_topic, k.partitions),
             (&k.labels_topic, 1),
@@ -295,7 +323,7 @@ pub async fn simulate(
     let progress = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let produced = tokio::task::spawn_blocking(move || {
         let target = simulate::kafka::Target {
-            brokers: &k.brokers,
+            client: crate::ingest::client::base(&k),
             transactions_topic: &k.transactions_topic,
             labels_topic: &k.labels_topic,
             rate,

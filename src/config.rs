@@ -45,6 +45,8 @@ pub struct Config {
     pub pipeline: PipelineConfig,
     #[serde(default)]
     pub features: FeatureConfig,
+    #[serde(default)]
+    pub event_time: EventTimeConfig,
     pub model: ModelConfig,
     pub thresholds: ThresholdConfig,
     #[serde(default)]
@@ -80,7 +82,13 @@ pub struct KafkaConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PostgresConfig {
+    /// The engine's login: a member of `riskstream_writer` (insert, update
+    /// only `kafka_offsets`), never the schema owner or a superuser.
     pub url: Secret,
+    /// `riskstream migrate`'s login: a member of `riskstream_owner`, which
+    /// owns the schema. Absent: `url`.
+    #[serde(default)]
+    pub migrate_url: Option<Secret>,
     #[serde(default = "defaults::max_connections")]
     pub max_connections: u32,
 }
@@ -101,6 +109,11 @@ pub struct PipelineConfig {
     pub state_wait_ms: u64,
     /// On shutdown, how long the current batch may take to commit.
     pub shutdown_deadline_ms: u64,
+    /// Raw record bytes read from Kafka but not yet decoded, per consumer;
+    /// the consumer waits when it is spent. Bounds memory in bytes where
+    /// `channel_capacity_rows` bounds it in rows.
+    #[serde(default = "defaults::max_in_flight_bytes")]
+    pub max_in_flight_bytes: usize,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -112,6 +125,33 @@ pub struct FeatureConfig {
     /// How far a transaction may be behind its partition's newest event time
     /// and still be counted by cross-partition (terminal) windows.
     pub late_tolerance_secs: i64,
+}
+
+/// `[event_time]`: how far a valid transaction may be from its partition's
+/// stream time (the newest event time it has admitted) before it is
+/// dead-lettered instead of scored (see [`crate::pipeline::event_time`]).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EventTimeConfig {
+    /// Ahead of the partition's stream time. Also how long a partition can
+    /// wait behind one early record: set it above the longest quiet spell
+    /// of a partition.
+    pub max_ahead_secs: i64,
+    /// Behind the partition's stream time.
+    pub max_behind_secs: i64,
+    /// Ahead of this machine's clock; 0 disables the check (for replaying
+    /// a data set dated in the future).
+    pub max_future_secs: i64,
+}
+
+impl Default for EventTimeConfig {
+    fn default() -> Self {
+        EventTimeConfig {
+            max_ahead_secs: 86_400,
+            max_behind_secs: 86_400,
+            max_future_secs: 3_600,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -193,6 +233,9 @@ mod defaults {
     pub fn intra_threads() -> usize {
         1
     }
+    pub fn max_in_flight_bytes() -> usize {
+        64 << 20
+    }
     pub fn changed_by() -> String {
         "unknown".into()
     }
@@ -207,6 +250,7 @@ impl Default for PipelineConfig {
             scoring_workers: 2,
             state_wait_ms: 30_000,
             shutdown_deadline_ms: 10_000,
+            max_in_flight_bytes: defaults::max_in_flight_bytes(),
         }
     }
 }
@@ -294,14 +338,14 @@ impl Config {
         env: impl IntoIterator<Item = (String, String)>,
     ) -> Result<Config, ParseFailure> {
         let mut doc: toml::Table =
-            toml::from_str(text).map_err(|e| ParseFailure::Syntax(e.to_string()))?;
+            toml::from_str(text).map_err(|e| ParseFailure::Syntax(syntax_error(text, &e)))?;
         let mut problems = apply_env_overrides(&mut doc, env);
         let mut config: Config = match doc.try_into() {
             Ok(c) => c,
             Err(e) => {
                 problems.push(Problem {
                     key: "(file)".into(),
-                    message: e.to_string(),
+                    message: redact_quoted(&e.to_string()),
                 });
                 return Err(ParseFailure::Invalid(problems));
             }
@@ -379,6 +423,13 @@ impl Config {
         {
             bad("postgres.url", "must be a postgres:// URL".into());
         }
+        if let Some(url) = &self.postgres.migrate_url {
+            if !url.expose().starts_with("postgres://")
+                && !url.expose().starts_with("postgresql://")
+            {
+                bad("postgres.migrate_url", "must be a postgres:// URL".into());
+            }
+        }
         if self.postgres.max_connections < 2 {
             bad("postgres.max_connections", "must be at least 2".into());
         }
@@ -408,6 +459,21 @@ impl Config {
             bad(
                 "features.late_tolerance_secs",
                 "must not be negative".into(),
+            );
+        }
+        let et = &self.event_time;
+        for (key, v) in [
+            ("event_time.max_ahead_secs", et.max_ahead_secs),
+            ("event_time.max_behind_secs", et.max_behind_secs),
+        ] {
+            if v < 1 {
+                bad(key, format!("must be at least 1 second, got {v}"));
+            }
+        }
+        if et.max_future_secs < 0 {
+            bad(
+                "event_time.max_future_secs",
+                "must not be negative (0 disables the check)".into(),
             );
         }
         if self.model.max_batch == 0 {
@@ -476,6 +542,45 @@ fn check_thresholds(bad: &mut impl FnMut(&str, String), key: &str, review: f32, 
             format!("review ({review}) is above decline ({decline})"),
         );
     }
+}
+
+/// A TOML syntax error by position only: toml's own message quotes the
+/// offending line, which may hold a password.
+fn syntax_error(text: &str, e: &toml::de::Error) -> String {
+    let position = e.span().map(|span| {
+        let before = &text[..span.start.min(text.len())];
+        let line = before.matches('\n').count() + 1;
+        let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+        format!("line {line}, column {column}: ")
+    });
+    format!(
+        "TOML syntax error at {}{}",
+        position.unwrap_or_default(),
+        redact_quoted(e.message())
+    )
+}
+
+/// Every `"…"` in a message becomes `"***"`: serde quotes the values it
+/// could not use, and a value in the wrong key may be a secret. Key names
+/// stay readable (serde puts them in backticks).
+fn redact_quoted(message: &str) -> String {
+    let mut out = String::with_capacity(message.len());
+    let mut inside = false;
+    for c in message.chars() {
+        match (c, inside) {
+            ('"', false) => {
+                out.push_str("\"***");
+                inside = true;
+            }
+            ('"', true) => {
+                out.push('"');
+                inside = false;
+            }
+            (_, true) => {}
+            (c, false) => out.push(c),
+        }
+    }
+    out
 }
 
 #[derive(Debug)]
@@ -654,6 +759,52 @@ max_batch = 0
             panic!("unknown keys are rejected")
         };
         assert!(p[0].message.contains("size"), "{p:?}");
+    }
+
+    /// Seen: an override that failed to parse printed its value, secrets
+    /// included. No error text may carry a value from the file or the
+    /// environment.
+    #[test]
+    fn secrets_never_reach_error_messages() {
+        let dir = model_dir();
+        let secret = "hunter2-s3cret";
+        let texts = [
+            // An unterminated string on the password's line.
+            sample(dir.path()).replace(
+                "url = \"postgres://u:hunter2@localhost/db\"",
+                &format!("url = \"postgres://u:{secret}@localhost/db"),
+            ),
+            // A secret in a key that wants a number.
+            sample(dir.path()).replace(
+                "[postgres]",
+                &format!("[postgres]\nmax_connections = \"{secret}\""),
+            ),
+            // A secret in a Kafka property of the wrong type.
+            format!(
+                "{}\n[kafka.properties]\n\"sasl.password\" = [\"{secret}\"]\n",
+                sample(dir.path())
+            ),
+        ];
+        for text in &texts {
+            let failure = Config::parse(text, Path::new("."), no_env()).unwrap_err();
+            let message = match failure {
+                ParseFailure::Syntax(m) => m,
+                ParseFailure::Invalid(p) => format!("{p:?}"),
+            };
+            assert!(!message.contains(secret), "{message}");
+            assert!(!message.is_empty());
+        }
+        let env = vec![(
+            "RISKSTREAM_POSTGRES__MAX_CONNECTIONS".to_string(),
+            format!("postgres://u:{secret}@db/x"),
+        )];
+        let Err(ParseFailure::Invalid(p)) = Config::parse(&sample(dir.path()), Path::new("."), env)
+        else {
+            panic!("a URL is no connection count")
+        };
+        let message = p.iter().map(|p| p.to_string()).collect::<String>();
+        assert!(!message.contains(secret), "{message}");
+        assert!(message.contains("max_connections"), "{message}");
     }
 
     #[test]

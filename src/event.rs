@@ -14,6 +14,7 @@ pub struct Transaction {
     pub ts: DateTime<Utc>,
     pub card_id: String,
     pub terminal_id: String,
+    /// At least 0: zero-amount authorisations are scored like any other.
     pub amount: f64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub currency: Option<String>,
@@ -64,6 +65,27 @@ pub enum DecodeError {
     Field { field: &'static str, reason: String },
 }
 
+impl DecodeError {
+    /// A short, bounded label for metrics (`riskstream_dead_letters_total{reason}`).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            DecodeError::Empty => "empty",
+            DecodeError::TooLarge(..) => "too_large",
+            DecodeError::Json(_) => "json",
+            DecodeError::Field { field, .. } => match *field {
+                "tx_id" => "invalid_tx_id",
+                "card_id" => "invalid_card_id",
+                "terminal_id" => "invalid_terminal_id",
+                "amount" => "invalid_amount",
+                "currency" => "invalid_currency",
+                "country" => "invalid_country",
+                "mcc" => "invalid_mcc",
+                _ => "invalid_field",
+            },
+        }
+    }
+}
+
 /// Largest record accepted; anything larger is dead-lettered without parsing.
 pub const MAX_RECORD_BYTES: usize = 64 * 1024;
 
@@ -84,22 +106,53 @@ fn check_len(bytes: &[u8]) -> Result<(), DecodeError> {
     Ok(())
 }
 
+/// Longest id accepted (`tx_id`, `card_id`, `terminal_id`), in bytes.
+pub const MAX_ID_BYTES: usize = 128;
+
+/// Ids are keys in Postgres and in every log line: printable text only. A
+/// NUL would be refused by Postgres (SQLSTATE 22021) long after decoding,
+/// and other control characters forge log lines.
 fn check_id(name: &'static str, v: &str) -> Result<(), DecodeError> {
     if v.trim().is_empty() {
         return Err(field(name, "must not be empty"));
     }
-    if v.len() > 128 {
-        return Err(field(name, "longer than 128 bytes"));
+    if v.len() > MAX_ID_BYTES {
+        return Err(field(name, format!("longer than {MAX_ID_BYTES} bytes")));
+    }
+    if let Some(c) = v.chars().find(|c| c.is_control()) {
+        return Err(field(
+            name,
+            format!("contains the control character U+{:04X}", c as u32),
+        ));
     }
     Ok(())
+}
+
+/// A reason safe to store and log: control characters escaped (serde's
+/// messages quote the offending input, which may hold a NUL), at most
+/// 512 bytes.
+pub fn printable(reason: &str) -> String {
+    let mut out = String::with_capacity(reason.len().min(512));
+    for c in reason.chars() {
+        if out.len() >= 512 {
+            out.push('…');
+            break;
+        }
+        if c.is_control() {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 impl Transaction {
     /// Decode and validate one `transactions` record.
     pub fn decode(bytes: &[u8]) -> Result<Transaction, DecodeError> {
         check_len(bytes)?;
-        let tx: Transaction =
-            serde_json::from_slice(bytes).map_err(|e| DecodeError::Json(e.to_string()))?;
+        let tx: Transaction = serde_json::from_slice(bytes)
+            .map_err(|e| DecodeError::Json(printable(&e.to_string())))?;
         tx.validate()?;
         Ok(tx)
     }
@@ -108,10 +161,11 @@ impl Transaction {
         check_id("tx_id", &self.tx_id)?;
         check_id("card_id", &self.card_id)?;
         check_id("terminal_id", &self.terminal_id)?;
-        if !self.amount.is_finite() || self.amount <= 0.0 {
+        // Zero is a transaction: $0 authorisations are how card testing starts.
+        if !self.amount.is_finite() || self.amount < 0.0 {
             return Err(field(
                 "amount",
-                format!("must be a positive number, got {}", self.amount),
+                format!("must be a number >= 0, got {}", self.amount),
             ));
         }
         if self.amount > 1e9 {
@@ -152,8 +206,8 @@ impl Transaction {
 impl Label {
     pub fn decode(bytes: &[u8]) -> Result<Label, DecodeError> {
         check_len(bytes)?;
-        let l: Label =
-            serde_json::from_slice(bytes).map_err(|e| DecodeError::Json(e.to_string()))?;
+        let l: Label = serde_json::from_slice(bytes)
+            .map_err(|e| DecodeError::Json(printable(&e.to_string())))?;
         check_id("tx_id", &l.tx_id)?;
         Ok(l)
     }
@@ -213,6 +267,24 @@ mod tests {
                 "{input:?}: {err:?} should mention {want:?}"
             );
         }
+        // JSON escapes put a NUL, a newline and an ANSI escape into ids.
+        for (field, original, hostile) in [
+            ("card_id", "c1", r"ca\u0000rd"),
+            ("tx_id", "t1", r"t\n1"),
+            ("terminal_id", "m1", r"m\u001b[31m"),
+        ] {
+            let json = GOOD.replace(
+                &format!(r#""{field}":"{original}""#),
+                &format!(r#""{field}":"{hostile}""#),
+            );
+            let err = Transaction::decode(json.as_bytes())
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains(field) && err.contains("control character"),
+                "{json}: {err}"
+            );
+        }
         let big = vec![b'x'; MAX_RECORD_BYTES + 1];
         assert!(matches!(
             Transaction::decode(&big),
@@ -220,11 +292,57 @@ mod tests {
         ));
     }
 
+    #[test]
+    fn zero_amounts_are_transactions_and_negative_or_non_finite_ones_are_not() {
+        let with = |amount: &str| GOOD.replace("12.5", amount);
+        assert_eq!(
+            Transaction::decode(with("0").as_bytes()).unwrap().amount,
+            0.0
+        );
+        assert_eq!(
+            Transaction::decode(with("0.0").as_bytes()).unwrap().amount,
+            0.0
+        );
+        assert_eq!(
+            Transaction::decode(with("-0.0").as_bytes()).unwrap().amount,
+            0.0
+        );
+        for bad in ["-0.01", "-1", "1e400", "NaN"] {
+            assert!(
+                Transaction::decode(with(bad).as_bytes()).is_err(),
+                "{bad} must be rejected"
+            );
+        }
+    }
+
+    #[test]
+    fn reasons_never_carry_control_characters() {
+        let json = GOOD.replace(r#""channel":"pos""#, "\"channel\":\"p\\u0000s\"");
+        let err = Transaction::decode(json.as_bytes())
+            .unwrap_err()
+            .to_string();
+        assert!(!err.chars().any(char::is_control), "{err:?}");
+        assert!(printable(&"x".repeat(5000)).len() < 600);
+    }
+
     proptest! {
         #[test]
         fn decode_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
-            let _ = Transaction::decode(&bytes);
+            if let Err(e) = Transaction::decode(&bytes) {
+                prop_assert!(!e.to_string().chars().any(char::is_control));
+            }
             let _ = Label::decode(&bytes);
+        }
+
+        /// Any accepted id is printable: hostile strings in a valid-looking
+        /// record are either refused at decode or safe everywhere after.
+        #[test]
+        fn accepted_ids_hold_no_control_characters(card in "\\PC{0,8}[\\x00-\\x1f\\x7f]?\\PC{0,8}") {
+            let json = GOOD.replace(r#""card_id":"c1""#, &format!(r#""card_id":{}"#, serde_json::to_string(&card).unwrap()));
+            if let Ok(tx) = Transaction::decode(json.as_bytes()) {
+                prop_assert!(!tx.card_id.chars().any(char::is_control));
+                prop_assert!(!tx.card_id.trim().is_empty());
+            }
         }
 
         #[test]

@@ -11,6 +11,7 @@ pub mod decision;
 pub mod evaluate;
 pub mod event;
 pub mod features;
+pub mod health;
 pub mod ingest;
 pub mod metrics;
 pub mod models;

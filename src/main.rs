@@ -2,7 +2,8 @@
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
-use riskstream::config::Config;
+use riskstream::config::{Config, EventTimeConfig};
+use riskstream::features::offline;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -36,6 +37,7 @@ enum Command {
     /// Generate a realistic labelled transaction stream, to Kafka or a file.
     Simulate(SimulateArgs),
     /// Featurize a labelled transaction file with the online featurizer (training data).
+    /// Rows the stream would reject are reported on stderr and set aside.
     Features {
         #[arg(long = "in")]
         input: PathBuf,
@@ -47,6 +49,15 @@ enum Command {
         #[arg(long, default_value_t = riskstream::features::HISTORY_LEN,
               value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
         history_len: usize,
+        /// Stop at the first row the stream would reject, writing nothing;
+        /// by default such rows are left out and written to `<out>.rejected.jsonl`.
+        #[arg(long)]
+        strict: bool,
+        /// Reject rows whose time is more than this far ahead of this machine's
+        /// clock, as the stream does (`event_time.max_future_secs`); 0: no bound.
+        #[arg(long, default_value_t = EventTimeConfig::default().max_future_secs,
+              value_parser = clap::value_parser!(i64).range(0..))]
+        max_future_secs: i64,
     },
     /// Handbook-protocol metrics (AUC ROC, average precision, card precision@100)
     /// of a fraud model on a labelled transaction file.
@@ -206,15 +217,28 @@ async fn dispatch(cli: Cli) -> Result<ExitCode> {
             out,
             label_delay_days,
             history_len,
+            strict,
+            max_future_secs,
         } => {
-            let n = riskstream::features::offline::featurize_file(
+            let report = offline::featurize_file(
                 &input,
                 &out,
                 label_delay_days,
                 history_len,
                 2000,
+                offline::FutureBound::from_now(max_future_secs),
+                strict,
             )?;
-            println!("featurized {n} transactions into {}", out.display());
+            eprint!("{report}");
+            if report.featurized == 0 && report.rejected > 0 {
+                eprintln!("riskstream: every row of {} was rejected", input.display());
+                return Ok(ExitCode::FAILURE);
+            }
+            println!(
+                "featurized {} transactions into {}",
+                report.featurized,
+                out.display()
+            );
             Ok(ExitCode::SUCCESS)
         }
         Command::Evaluate(a) => {

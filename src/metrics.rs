@@ -4,7 +4,7 @@
 //! else registers metrics, so this file is the reference for dashboards.
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    Encoder, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry,
 };
 
@@ -14,8 +14,18 @@ pub struct Metrics {
     pub consumed: IntCounterVec,
     /// Decisions committed to Postgres, by outcome.
     pub decided: IntCounterVec,
-    /// Records dead-lettered (both streams).
-    pub dead_letters: IntCounter,
+    /// Records dead-lettered (both streams), by reason: `json`, `empty`,
+    /// `too_large`, `invalid_<field>`, `skew_ahead`, `skew_behind`,
+    /// `skew_future`, `duplicate`, `postgres_data`, `postgres_constraint`.
+    pub dead_letters: IntCounterVec,
+    /// Each partition's committed event-time clock (unix seconds): the
+    /// newest event time it has admitted. `time() - x` is its event-time age.
+    pub partition_event_time: GaugeVec,
+    /// When each partition last committed (unix seconds): a partition whose
+    /// lag is positive and whose value stops moving is stalled.
+    pub partition_committed_at: GaugeVec,
+    /// Records in each partition not yet read, from librdkafka's statistics.
+    pub consumer_lag: IntGaugeVec,
     /// Labels committed.
     pub labels: IntCounter,
     /// Seconds per stage per batch (`featurize`, `surprise`, `score`, `sink`,
@@ -55,8 +65,35 @@ impl Metrics {
                 &["decision"],
             )
             .unwrap(),
-            dead_letters: IntCounter::new("riskstream_dead_letters_total", "Records dead-lettered")
-                .unwrap(),
+            dead_letters: IntCounterVec::new(
+                Opts::new("riskstream_dead_letters_total", "Records dead-lettered"),
+                &["reason"],
+            )
+            .unwrap(),
+            partition_event_time: GaugeVec::new(
+                Opts::new(
+                    "riskstream_partition_event_time_seconds",
+                    "Newest event time admitted per partition (unix seconds)",
+                ),
+                &["topic", "partition"],
+            )
+            .unwrap(),
+            partition_committed_at: GaugeVec::new(
+                Opts::new(
+                    "riskstream_partition_committed_at_seconds",
+                    "Last commit per partition (unix seconds)",
+                ),
+                &["topic", "partition"],
+            )
+            .unwrap(),
+            consumer_lag: IntGaugeVec::new(
+                Opts::new(
+                    "riskstream_consumer_lag_records",
+                    "Records not yet read per partition",
+                ),
+                &["topic", "partition"],
+            )
+            .unwrap(),
             labels: IntCounter::new("riskstream_labels_total", "Labels committed").unwrap(),
             stage_seconds: HistogramVec::new(
                 HistogramOpts::new("riskstream_stage_seconds", "Seconds per batch and stage")
@@ -103,6 +140,12 @@ impl Metrics {
         m.registry.register(Box::new(m.decided.clone())).unwrap();
         m.registry
             .register(Box::new(m.dead_letters.clone()))
+            .unwrap();
+        for g in [&m.partition_event_time, &m.partition_committed_at] {
+            m.registry.register(Box::new(g.clone())).unwrap();
+        }
+        m.registry
+            .register(Box::new(m.consumer_lag.clone()))
             .unwrap();
         m.registry.register(Box::new(m.labels.clone())).unwrap();
         m.registry

@@ -1,7 +1,8 @@
-//! The operator's HTTP surface: `/metrics` (Prometheus) and `/healthz`.
+//! The operator's HTTP surface: `/metrics` (Prometheus), `/healthz`
+//! (liveness) and `/readyz` (readiness, with its reasons; see [`crate::health`]).
 //!
 //! Read-only and cheap; it never touches the pipeline's state beyond the
-//! shared metrics and a health flag.
+//! shared metrics and health.
 //!
 //! Model serving (`riskstream serve`, the Open Inference Protocol v2) lives
 //! in [`v2`] with its wire format in [`protocol`].
@@ -11,15 +12,13 @@ pub mod v2;
 
 use crate::metrics::Metrics;
 use axum::{extract::State, http::StatusCode, routing::get, Router};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 
 #[derive(Clone)]
 pub struct Health {
     pub metrics: Arc<Metrics>,
-    /// False until the engine is connected and consuming, and after a fatal error.
-    pub ready: Arc<AtomicBool>,
+    pub health: Arc<crate::health::Health>,
 }
 
 pub async fn serve(
@@ -35,16 +34,27 @@ pub async fn serve(
         .route(
             "/healthz",
             get(|State(s): State<Health>| async move {
-                if s.ready.load(Ordering::Relaxed) {
-                    (StatusCode::OK, "ok\n")
-                } else {
-                    (StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
+                match s.health.live() {
+                    Ok(()) => (StatusCode::OK, "ok\n".to_string()),
+                    Err(e) => (StatusCode::SERVICE_UNAVAILABLE, format!("failed: {e}\n")),
+                }
+            }),
+        )
+        .route(
+            "/readyz",
+            get(|State(s): State<Health>| async move {
+                match s.health.ready() {
+                    Ok(()) => (StatusCode::OK, "ready\n".to_string()),
+                    Err(why) => (
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        format!("not ready:\n{}\n", why.join("\n")),
+                    ),
                 }
             }),
         )
         .with_state(state);
     let listener = tokio::net::TcpListener::bind(addr).await?;
-    tracing::info!(%addr, "serving /metrics and /healthz");
+    tracing::info!(%addr, "serving /metrics, /healthz and /readyz");
     axum::serve(listener, app)
         .with_graceful_shutdown(async move { shutdown.cancelled().await })
         .await

@@ -27,6 +27,14 @@ pub struct PastTx {
 /// day of slack for slightly late events.
 pub const RETENTION_MS: i64 = (CARD_WINDOW_DAYS[2] + 1) * MS_PER_DAY;
 
+/// At most this many transactions are remembered per card, however busy it
+/// is (a merchant's test card may see a million a day): card windows then
+/// cover the card's most recent `MAX_PER_CARD` transactions within the
+/// window, so their counts saturate at this value and their mean amounts
+/// are over the most recent ones. Storage reloads keep the same number, and
+/// the windows do not depend on batch boundaries either way.
+pub const MAX_PER_CARD: usize = 10_000;
+
 /// How many of a card's most recent transactions are kept whatever their
 /// age, for a featurizer with histories of `history_len`: the history
 /// sequence and the MCC context both read that far back. Storage reloads
@@ -42,6 +50,8 @@ pub struct CardState {
     /// Length of the history sequence; at least `kept_per_card(history_len)`
     /// transactions of each card are kept.
     history_len: usize,
+    /// At most this many per card ([`MAX_PER_CARD`] outside tests).
+    cap: usize,
 }
 
 /// The online engine's state: histories of [`HISTORY_LEN`].
@@ -58,7 +68,20 @@ impl CardState {
         CardState {
             cards: HashMap::new(),
             history_len,
+            cap: MAX_PER_CARD.max(kept_per_card(history_len)),
         }
+    }
+
+    /// A smaller per-card cap, for tests of what happens beyond it.
+    #[cfg(test)]
+    pub fn with_cap(mut self, cap: usize) -> Self {
+        self.cap = cap.max(kept_per_card(self.history_len));
+        self
+    }
+
+    /// The most transactions remembered per card.
+    pub fn cap(&self) -> usize {
+        self.cap
     }
 
     pub fn history_len(&self) -> usize {
@@ -72,6 +95,8 @@ impl CardState {
     /// Install a card's history loaded from storage (sorted by time).
     pub fn load(&mut self, card_id: String, mut txs: Vec<PastTx>) {
         txs.sort_by_key(|t| t.ts_ms);
+        let excess = txs.len().saturating_sub(self.cap);
+        txs.drain(..excess);
         self.cards.insert(card_id, txs.into());
     }
 
@@ -95,6 +120,9 @@ impl CardState {
         // `secs_since_prev_log` reads).
         let keep = kept_per_card(self.history_len);
         while txs.len() > keep && txs.front().is_some_and(|t| t.ts_ms < newest - RETENTION_MS) {
+            txs.pop_front();
+        }
+        while txs.len() > self.cap {
             txs.pop_front();
         }
     }
@@ -160,6 +188,24 @@ mod tests {
         }
         assert_eq!(s.history("c").count(), MCC_CONTEXT_LEN);
         assert_eq!(s.history("c").last().unwrap().tx_id.as_ref(), "x99");
+    }
+
+    #[test]
+    fn a_busy_card_is_capped() {
+        let mut s = CardState::default().with_cap(100);
+        for i in 0..1_000 {
+            s.push("merchant-test-card", tx(&format!("x{i}"), i * 1_000));
+        }
+        assert_eq!(s.history("merchant-test-card").count(), 100);
+        assert_eq!(
+            s.history("merchant-test-card")
+                .next()
+                .unwrap()
+                .tx_id
+                .as_ref(),
+            "x900",
+            "the most recent are kept"
+        );
     }
 
     #[test]

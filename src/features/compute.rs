@@ -214,6 +214,29 @@ fn card_windows(batch: &[Transaction], cards: &CardState) -> PolarsResult<CardWi
         .filter(col("row").gt_eq(lit(0i64)))
         .collect()?;
 
+    // Beyond the per-card cap a window covers the card's most recent `cap`
+    // transactions: the count saturates, the sum is over those, from
+    // prefix sums over the frame (which holds at least `cap` of the card's
+    // transactions before any row whose window exceeds the cap).
+    let cap = cards.cap() as i64;
+    let mut prefix: Vec<i64> = Vec::with_capacity(rows.len() + 1);
+    prefix.push(0);
+    let mut frame_row = Vec::with_capacity(batch.len());
+    for (j, r) in rows.iter().enumerate() {
+        let same_card = j > 0 && rows[j - 1].0 == r.0;
+        prefix.push(if same_card { prefix[j] } else { 0 } + r.3);
+        if r.4 >= 0 {
+            frame_row.push(j);
+        }
+    }
+    let capped = |k: usize, (n, s): (i64, i64)| -> (i64, i64) {
+        if n <= cap {
+            return (n, s);
+        }
+        let j = frame_row[k] + 1;
+        (cap, prefix[j] - prefix[j - cap as usize])
+    };
+
     let row = out.column("row")?.i64()?;
     let get = |name: &str| -> PolarsResult<Vec<i64>> {
         Ok(out
@@ -238,8 +261,12 @@ fn card_windows(batch: &[Transaction], cards: &CardState) -> PolarsResult<CardWi
     };
     for (k, r) in row.iter().enumerate() {
         let r = r.expect("filtered to batch rows") as usize;
-        result.card[r] = [(n1[k], s1[k]), (n7[k], s7[k]), (n30[k], s30[k])];
-        result.burst[r] = burst[k];
+        result.card[r] = [
+            capped(k, (n1[k], s1[k])),
+            capped(k, (n7[k], s7[k])),
+            capped(k, (n30[k], s30[k])),
+        ];
+        result.burst[r] = burst[k].min(cap);
     }
     Ok(result)
 }
@@ -387,6 +414,46 @@ mod tests {
         assert_eq!(whole.history, pieces.history);
         assert_eq!(whole.history_tx_ids, pieces.history_tx_ids);
         assert_eq!(whole.mcc_context, pieces.mcc_context);
+    }
+
+    /// A merchant's test card: far more transactions than the cap within
+    /// the windows. Counts saturate at the cap, means are over the most
+    /// recent ones, and neither depends on how the stream was batched.
+    #[test]
+    fn a_card_beyond_the_cap_saturates_the_same_way_in_any_batching() {
+        let cap = 40;
+        let txs: Vec<_> = (0..300)
+            .map(|i| {
+                tx(
+                    &format!("t{i}"),
+                    "busy",
+                    "m",
+                    i * 60,
+                    1.0 + (i % 10) as f64,
+                    "FR",
+                )
+            })
+            .collect();
+        let terms = TerminalStats::default();
+        let whole = featurize(&txs, &mut CardState::default().with_cap(cap), &terms, 7).unwrap();
+        for size in [1, 7, 64] {
+            let mut cards = CardState::default().with_cap(cap);
+            let mut features = Vec::new();
+            for chunk in txs.chunks(size) {
+                features.extend(featurize(chunk, &mut cards, &terms, 7).unwrap().features);
+            }
+            assert_eq!(features, whole.features, "batches of {size}");
+        }
+        let last = whole.rows - 1;
+        assert_eq!(feature(&whole, last, "card_count_1d"), cap as f32);
+        assert_eq!(feature(&whole, last, "card_count_30d"), cap as f32);
+        // The last 40 amounts: 1 + (i % 10) for i in 260..300, mean 5.5.
+        assert_eq!(feature(&whole, last, "card_avg_amount_1d"), 5.5);
+        assert_eq!(
+            feature(&whole, 20, "card_count_1d"),
+            21.0,
+            "below the cap: exact"
+        );
     }
 
     #[test]

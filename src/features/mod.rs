@@ -16,7 +16,7 @@ mod compute;
 pub mod offline;
 mod terminal;
 
-pub use card::{kept_per_card, CardState, PastTx};
+pub use card::{kept_per_card, CardState, PastTx, MAX_PER_CARD};
 pub use compute::featurize;
 pub use terminal::{needed_days as terminal_needed_days, FraudReport, TerminalStats};
 

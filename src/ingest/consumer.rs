@@ -1,20 +1,23 @@
 //! The consumer thread and its rebalance callback.
 
-use super::{Ingested, Record, Stream};
+use super::{Ingested, Record, Stream, OVERSIZE_PREFIX_BYTES};
 use crate::config::KafkaConfig;
+use crate::event::MAX_RECORD_BYTES;
+use crate::health::Health;
 use crate::metrics::Metrics;
 use crate::sink;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::error::KafkaResult;
 use rdkafka::message::Message;
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
-use rdkafka::{ClientConfig, ClientContext};
+use rdkafka::ClientContext;
 use sqlx::PgPool;
 use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc as std_mpsc, Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::mpsc;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 /// How long a revocation waits for in-flight batches before letting the new
 /// owner go ahead (the epoch fence keeps it correct even then).
@@ -37,9 +40,31 @@ struct Rebalancer {
     revoking: Arc<AtomicBool>,
     /// Partitions paused by the poll loop; a new assignment starts unpaused.
     paused: Arc<Mutex<BTreeSet<i32>>>,
+    metrics: Arc<Metrics>,
+    health: Arc<Health>,
 }
 
-impl ClientContext for Rebalancer {}
+impl ClientContext for Rebalancer {
+    /// librdkafka's statistics: consumer lag per partition, and whether any
+    /// broker is up (readiness).
+    fn stats(&self, stats: rdkafka::Statistics) {
+        let up = stats
+            .brokers
+            .values()
+            .any(|b| b.nodeid >= 0 && b.state == "UP");
+        self.health.brokers_up(up);
+        for (topic, t) in &stats.topics {
+            for (p, s) in &t.partitions {
+                if *p >= 0 && s.consumer_lag >= 0 {
+                    self.metrics
+                        .consumer_lag
+                        .with_label_values(&[topic.as_str(), &p.to_string()])
+                        .set(s.consumer_lag);
+                }
+            }
+        }
+    }
+}
 
 impl ConsumerContext for Rebalancer {
     fn rebalance(
@@ -94,6 +119,8 @@ impl Rebalancer {
                 .push(e.partition());
         }
         let mut epochs = HashMap::new();
+        let mut clocks = Vec::new();
+        let mut stream_clock = None;
         for (topic, partitions) in &by_topic {
             let claims = self.runtime.block_on(sink::claim_partitions(
                 &self.pool,
@@ -102,14 +129,32 @@ impl Rebalancer {
                 partitions,
                 &self.owner,
             ))?;
+            stream_clock = stream_clock.max(self.runtime.block_on(sink::stream_clock(
+                &self.pool,
+                &self.group,
+                topic,
+            ))?);
             for c in claims {
                 let offset = c.next_offset.map_or(Offset::Beginning, Offset::Offset);
                 tpl.set_partition_offset(topic, c.partition, offset)?;
                 epochs.insert((topic.clone(), c.partition), c.epoch);
+                clocks.push((c.partition, c.clock_ms));
                 tracing::info!(topic = %topic, partition = c.partition, ?offset, epoch = c.epoch, "partition claimed");
             }
         }
         *self.epochs.lock().expect("lock") = epochs;
+        // Before any record of the new assignment: the pipeline judges event
+        // times against the clocks committed with the offsets.
+        if self
+            .out
+            .blocking_send(Ingested::Assigned {
+                clocks,
+                stream_clock,
+            })
+            .is_err()
+        {
+            anyhow::bail!("the pipeline is gone");
+        }
         consumer.assign(tpl)?;
         // librdkafka keeps a partition's pause flag across assignments; a
         // partition paused under the old assignment must start flowing again.
@@ -163,7 +208,9 @@ pub fn spawn_consumer(
     stop: Arc<AtomicBool>,
     revoking: Arc<AtomicBool>,
     pauses: Arc<PauseRequests>,
+    budget: Arc<Semaphore>,
     metrics: Arc<Metrics>,
+    health: Arc<Health>,
 ) -> KafkaResult<ConsumerHandle> {
     let failed = Arc::new(Mutex::new(None));
     let epochs = Arc::new(Mutex::new(HashMap::new()));
@@ -178,19 +225,18 @@ pub fn spawn_consumer(
         failed: failed.clone(),
         revoking,
         paused: paused.clone(),
+        metrics: metrics.clone(),
+        health,
     };
-    let mut client = ClientConfig::new();
-    for (k, v) in &cfg.properties {
-        client.set(k, v.expose());
-    }
+    let mut client = super::client::base(cfg);
     client
-        .set("bootstrap.servers", &cfg.brokers)
         .set("group.id", &sub.group)
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
         .set("auto.offset.reset", "earliest")
         .set("session.timeout.ms", cfg.session_timeout_ms.to_string())
         .set("partition.assignment.strategy", "range")
+        .set("statistics.interval.ms", "5000")
         // Small fetches per partition keep the partitions of one consumer
         // close in event time (watermarks wait for the slowest).
         .set("max.partition.fetch.bytes", "32768");
@@ -230,12 +276,29 @@ pub fn spawn_consumer(
                     Stream::Transactions
                 };
                 metrics.consumed.with_label_values(&[topic.as_str()]).inc();
+                // An oversized value is refused before it is copied: only
+                // its prefix travels, for the dead letter.
+                let (payload, truncated_from) = match msg.payload() {
+                    Some(p) if p.len() > MAX_RECORD_BYTES => {
+                        (Some(p[..OVERSIZE_PREFIX_BYTES].to_vec()), Some(p.len()))
+                    }
+                    p => (p.map(<[u8]>::to_vec), None),
+                };
+                let key = msg
+                    .key()
+                    .map(|k| k[..k.len().min(OVERSIZE_PREFIX_BYTES)].to_vec());
+                let size = payload.as_ref().map_or(0, Vec::len) + key.as_ref().map_or(0, Vec::len);
+                let Some(budget) = take_budget(&budget, size, &stop) else {
+                    break;
+                };
                 let record = Record {
                     stream,
                     partition: msg.partition(),
                     offset: msg.offset(),
-                    key: msg.key().map(<[u8]>::to_vec),
-                    payload: msg.payload().map(<[u8]>::to_vec),
+                    key,
+                    payload,
+                    truncated_from,
+                    budget: Some(budget),
                     timestamp_ms: msg.timestamp().to_millis(),
                     topic,
                     epoch,
@@ -254,6 +317,35 @@ pub fn spawn_consumer(
         })
         .expect("spawn consumer thread");
     Ok(ConsumerHandle { thread, failed })
+}
+
+/// Wait for `bytes` of the in-flight budget (see [`budget`]); `None` once
+/// the consumer is stopping.
+fn take_budget(
+    budget: &Arc<Semaphore>,
+    bytes: usize,
+    stop: &AtomicBool,
+) -> Option<OwnedSemaphorePermit> {
+    let permits = u32::try_from(bytes.max(1)).unwrap_or(u32::MAX);
+    loop {
+        match budget.clone().try_acquire_many_owned(permits) {
+            Ok(p) => return Some(p),
+            Err(tokio::sync::TryAcquireError::Closed) => return None,
+            Err(tokio::sync::TryAcquireError::NoPermits) => {
+                if stop.load(Ordering::Relaxed) {
+                    return None;
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        }
+    }
+}
+
+/// The in-flight byte budget of one consumer: raw record bytes read but not
+/// yet decoded. A record never needs more than the whole budget.
+pub fn budget(max_bytes: usize) -> Arc<Semaphore> {
+    let floor = MAX_RECORD_BYTES * 2;
+    Arc::new(Semaphore::new(max_bytes.max(floor)))
 }
 
 /// Bring librdkafka's paused set in line with what the pipeline asks for,

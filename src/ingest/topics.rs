@@ -5,11 +5,10 @@ use rdkafka::client::DefaultClientContext;
 use rdkafka::error::RDKafkaErrorCode;
 use rdkafka::ClientConfig;
 
-/// Create `(name, partitions)` topics that do not exist yet.
-pub async fn ensure_topics(brokers: &str, topics: &[(&str, i32)]) -> anyhow::Result<()> {
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .create()?;
+/// Create `(name, partitions)` topics that do not exist yet, with a client
+/// from [`super::client`].
+pub async fn ensure_topics(client: &ClientConfig, topics: &[(&str, i32)]) -> anyhow::Result<()> {
+    let admin: AdminClient<DefaultClientContext> = client.create()?;
     let new: Vec<NewTopic> = topics
         .iter()
         .map(|(name, parts)| NewTopic::new(name, *parts, TopicReplication::Fixed(1)))

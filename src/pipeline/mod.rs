@@ -12,22 +12,24 @@
 //! committed everything before it, the consumer lets the partitions go.
 
 mod batch;
+pub mod event_time;
 pub mod watermark;
 
 use crate::config::Config;
 use crate::decision::ThresholdSet;
 use crate::event::Transaction;
 use crate::features::{self, CardState, FeatureBatch, TerminalStats, HISTORY_LEN};
-use crate::ingest::{self, Ingested, Record};
+use crate::health::Health;
+use crate::ingest::{self, Ingested};
 use crate::metrics::Metrics;
 use crate::models::lm::MerchantLm;
 use crate::scoring::{Scored, Scorer};
 use crate::sink::{
-    self, DeadLetter, DecisionRow, LabelRow, OffsetUpdate, Provenance, SinkBatch, SinkError,
+    self, DeadLetter, DecisionRow, Failure, LabelRow, OffsetUpdate, Provenance, SinkBatch,
+    SinkError,
 };
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
-use rdkafka::ClientConfig;
 use sqlx::PgPool;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc as std_mpsc, Arc};
@@ -67,6 +69,7 @@ struct Shared {
     config: Config,
     pool: PgPool,
     metrics: Arc<Metrics>,
+    health: Arc<Health>,
     scorer: Scorer,
     /// The merchant language model, when `[language_model]` is configured.
     lm: Option<Arc<MerchantLm>>,
@@ -99,15 +102,23 @@ enum Item {
 pub async fn run(
     config: Config,
     metrics: Arc<Metrics>,
-    ready: Arc<AtomicBool>,
+    health: Arc<Health>,
     shutdown: CancellationToken,
 ) -> Result<RunSummary, EngineError> {
-    let pool = sink::connect(
-        config.postgres.url.expose(),
-        config.postgres.max_connections,
-    )
+    let pool = until_up("postgres", &shutdown, || {
+        sink::connect(
+            config.postgres.url.expose(),
+            config.postgres.max_connections,
+        )
+    })
     .await?;
-    sink::migrate(&pool).await?;
+    // The engine's login may not change the schema: `riskstream migrate` does.
+    let unknown = sink::check_migrations(&pool)
+        .await
+        .map_err(|e| EngineError::Other(e.to_string()))?;
+    if !unknown.is_empty() {
+        tracing::warn!(versions = ?unknown, "the database has migrations this riskstream does not know (migrated by a newer version)");
+    }
     let (dir, workers, intra, max_batch) = (
         config.model.dir.clone(),
         config.pipeline.scoring_workers,
@@ -146,16 +157,19 @@ pub async fn run(
     tracing::info!(model = %scorer.manifest.name, version = %scorer.manifest.version, thresholds = thresholds.version, "model and thresholds in force");
 
     let k = &config.kafka;
-    ingest::topics::ensure_topics(
-        &k.brokers,
-        &[
-            (&k.transactions_topic, k.partitions),
-            (&k.labels_topic, 1),
-            (&k.dlq_topic, 1),
-        ],
-    )
-    .await
-    .map_err(|e| EngineError::Other(e.to_string()))?;
+    until_up("kafka", &shutdown, || async {
+        ingest::topics::ensure_topics(
+            &ingest::client::base(k),
+            &[
+                (&k.transactions_topic, k.partitions),
+                (&k.labels_topic, 1),
+                (&k.dlq_topic, 1),
+            ],
+        )
+        .await
+        .map_err(|e| EngineError::Other(e.to_string()))
+    })
+    .await?;
     let provenance = Provenance {
         model_name: scorer.manifest.name.clone(),
         model_version: scorer.manifest.version.clone(),
@@ -164,15 +178,18 @@ pub async fn run(
         feature_names: scorer.manifest.feature_names.clone(),
         source_topic: k.transactions_topic.clone(),
     };
-    let dlq: FutureProducer = ClientConfig::new()
-        .set("bootstrap.servers", &k.brokers)
-        .set("enable.idempotence", "true")
-        .set("message.timeout.ms", "30000")
-        .create()?;
+    let dlq = DeadLetterTopic {
+        producer: ingest::client::base(k)
+            .set("enable.idempotence", "true")
+            .set("message.timeout.ms", "30000")
+            .create()?,
+        topic: k.dlq_topic.clone(),
+    };
     let shared = Arc::new(Shared {
         config: config.clone(),
         pool: pool.clone(),
         metrics: metrics.clone(),
+        health: health.clone(),
         scorer,
         lm,
         thresholds,
@@ -187,16 +204,18 @@ pub async fn run(
     let tx_revoking = Arc::new(AtomicBool::new(false));
     let loader = TerminalLoader::new(
         pool.clone(),
-        &k.brokers,
+        ingest::client::base(k),
         watermark::Stream {
             topic: k.transactions_topic.clone(),
             group: k.group_id.clone(),
             event_time: watermark::transaction_time,
+            policy: (&config.event_time).into(),
         },
         watermark::Stream {
             topic: k.labels_topic.clone(),
             group: labels_group.clone(),
             event_time: watermark::label_time,
+            policy: (&config.event_time).into(),
         },
         config.features.label_delay_days,
         config.features.late_tolerance_secs,
@@ -209,7 +228,7 @@ pub async fn run(
             labels_topic: k.labels_topic.clone(),
         },
         Some(loader),
-        dlq.clone(),
+        Arc::new(dlq.clone()),
         &owner,
         stop.clone(),
         tx_revoking,
@@ -222,17 +241,18 @@ pub async fn run(
             labels_topic: k.labels_topic.clone(),
         },
         None,
-        dlq,
+        Arc::new(dlq),
         &owner,
         stop.clone(),
         Arc::new(AtomicBool::new(false)),
     )?;
-    ready.store(true, Ordering::Relaxed);
+    health.set_started(true);
 
-    // Run until a signal or until either pipeline ends on its own (which only
-    // an error makes it do); then stop both and let them commit what they
+    // Run until a signal or until any stage ends on its own (which only an
+    // error makes it do: it is logged with its cause and the engine exits
+    // non-zero); then stop both pipelines and let them commit what they
     // hold, within the shutdown deadline.
-    let (done_tx, mut done_rx) = mpsc::channel(2);
+    let (done_tx, mut done_rx) = mpsc::channel(16);
     for (name, sink) in [("transactions", transactions.sink), ("labels", labels.sink)] {
         let done = done_tx.clone();
         tokio::spawn(async move {
@@ -242,6 +262,26 @@ pub async fn run(
                 .and_then(|r| r);
             let _ = done.send((name, result)).await;
         });
+    }
+    let mut stage_tasks = Vec::new();
+    for (name, stages) in [
+        ("transactions", transactions.stages),
+        ("labels", labels.stages),
+    ] {
+        for (stage, task) in stages {
+            let done = done_tx.clone();
+            let abort = task.abort_handle();
+            stage_tasks.push(abort);
+            tokio::spawn(async move {
+                let failure = match task.await {
+                    Ok(Ok(())) => return,
+                    Ok(Err(e)) => EngineError::Other(format!("{stage} stage: {e}")),
+                    Err(e) if e.is_cancelled() => return,
+                    Err(e) => EngineError::Other(format!("{stage} stage panicked: {e}")),
+                };
+                let _ = done.send((name, Err(failure))).await;
+            });
+        }
     }
     drop(done_tx);
     let failed = [
@@ -275,12 +315,12 @@ pub async fn run(
         if stopping.is_none() {
             stopping = Some(tokio::time::Instant::now());
             stop.store(true, Ordering::Relaxed);
-            ready.store(false, Ordering::Relaxed);
+            health.set_started(false);
         }
     }
     stop.store(true, Ordering::Relaxed);
-    ready.store(false, Ordering::Relaxed);
-    for task in transactions.stages.iter().chain(&labels.stages) {
+    health.set_started(false);
+    for task in &stage_tasks {
         task.abort();
     }
     if first_error.is_none() {
@@ -304,10 +344,87 @@ pub async fn run(
         }))
 }
 
+/// Retry a start-up step with backoff while its dependency is not up yet
+/// (Postgres or Kafka starting after the engine); give up only on shutdown.
+async fn until_up<T, F, Fut, E>(
+    what: &str,
+    shutdown: &CancellationToken,
+    mut step: F,
+) -> Result<T, EngineError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, E>>,
+    E: Into<EngineError>,
+{
+    let mut backoff = Duration::from_millis(250);
+    loop {
+        let e: EngineError = match step().await {
+            Ok(v) => return Ok(v),
+            Err(e) => e.into(),
+        };
+        if !e.is_transient() {
+            return Err(e);
+        }
+        tracing::warn!(dependency = what, error = %e, ?backoff, "not reachable yet; retrying");
+        tokio::select! {
+            _ = shutdown.cancelled() => return Err(e),
+            _ = tokio::time::sleep(backoff) => {}
+        }
+        backoff = (backoff * 2).min(Duration::from_secs(10));
+    }
+}
+
+impl EngineError {
+    /// A dependency that may come up: connection errors and Kafka errors
+    /// at start-up. Bad credentials, schema or data are not.
+    fn is_transient(&self) -> bool {
+        match self {
+            EngineError::Sink(e) => e.is_transient(),
+            EngineError::Kafka(_) => true,
+            EngineError::Other(m) => {
+                m.contains("BrokerTransportFailure")
+                    || m.contains("AllBrokersDown")
+                    || m.contains("timed out")
+                    || m.contains("Timed out")
+            }
+            _ => false,
+        }
+    }
+}
+
+/// The dead-letter topic: the original bytes, keyed by their source
+/// (`topic/partition/offset`, stable across retries and restarts, so a
+/// consumer drops the duplicates a crash may leave), with the reason,
+/// source and original key in headers.
+#[derive(Clone)]
+struct DeadLetterTopic {
+    producer: FutureProducer,
+    topic: String,
+}
+
+impl sink::PublishDeadLetters for DeadLetterTopic {
+    fn publish<'a>(
+        &'a self,
+        dead: &'a [DeadLetter],
+    ) -> futures::future::BoxFuture<'a, Result<(), String>> {
+        Box::pin(async move {
+            publish_dead_letters(&self.producer, &self.topic, dead)
+                .await
+                .map_err(|e| e.to_string())
+        })
+    }
+}
+
+/// A pipeline task other than the sink, by name.
+type Stage = (
+    &'static str,
+    tokio::task::JoinHandle<Result<(), EngineError>>,
+);
+
 /// One consumer feeding featurize → score → sink.
 struct Pipeline {
     consumer: ingest::ConsumerHandle,
-    stages: Vec<tokio::task::JoinHandle<Result<(), EngineError>>>,
+    stages: Vec<Stage>,
     sink: tokio::task::JoinHandle<Result<RunSummary, EngineError>>,
 }
 
@@ -315,7 +432,7 @@ fn spawn_pipeline(
     shared: &Arc<Shared>,
     sub: ingest::Subscription,
     loader: Option<TerminalLoader>,
-    dlq: FutureProducer,
+    dlq: Arc<DeadLetterTopic>,
     owner: &str,
     stop: Arc<AtomicBool>,
     revoking: Arc<AtomicBool>,
@@ -335,7 +452,7 @@ fn spawn_pipeline(
                 featurized_rx,
                 surprised_tx,
             ));
-            (surprised_rx, Some(stage))
+            (surprised_rx, Some(("surprise", stage)))
         }
     };
     let group = sub.group.clone();
@@ -348,18 +465,26 @@ fn spawn_pipeline(
         stop,
         revoking.clone(),
         pauses.clone(),
+        ingest::budget(shared.config.pipeline.max_in_flight_bytes),
         shared.metrics.clone(),
+        shared.health.clone(),
     )?;
-    let mut stages = vec![
-        tokio::spawn(featurize_stage(
-            shared.clone(),
-            loader,
-            revoking,
-            pauses,
-            records_rx,
-            featurized_tx,
-        )),
-        tokio::spawn(score_stage(shared.clone(), to_score_rx, scored_tx)),
+    let mut stages: Vec<Stage> = vec![
+        (
+            "featurize",
+            tokio::spawn(featurize_stage(
+                shared.clone(),
+                loader,
+                revoking,
+                pauses,
+                records_rx,
+                featurized_tx,
+            )),
+        ),
+        (
+            "score",
+            tokio::spawn(score_stage(shared.clone(), to_score_rx, scored_tx)),
+        ),
     ];
     stages.extend(surprise);
     let sink = tokio::spawn(sink_stage(shared.clone(), group, dlq, scored_rx));
@@ -411,7 +536,7 @@ async fn featurize_stage(
     let state_wait = Duration::from_millis(p.state_wait_ms);
     let mut cards = CardState::default();
     let mut terminals = TerminalStats::default();
-    let mut pending = batch::Pending::default();
+    let mut pending = batch::Pending::new((&shared.config.event_time).into());
     let mut blocked_since: Option<Instant> = None;
     // From a revocation until its barrier, nothing read is featurized: the
     // partitions' next owner starts from what is committed.
@@ -441,9 +566,18 @@ async fn featurize_stage(
                         barrier = Some(ack);
                         break;
                     }
+                    Ok(Some(Ingested::Assigned {
+                        clocks,
+                        stream_clock,
+                    })) => {
+                        pending.restore_stream_clock(stream_clock);
+                        for (partition, clock) in clocks {
+                            pending.restore_clock(partition, clock);
+                        }
+                    }
                     Ok(Some(Ingested::Record(r))) => {
                         if !dropping {
-                            pending.push(r);
+                            pending.push(r, event_time::now_ms());
                         }
                         if until.is_none() && !pending.is_empty() {
                             until = Some(
@@ -479,7 +613,13 @@ async fn featurize_stage(
             let readiness = match (piece.days, loader.as_mut()) {
                 (Some((lo, hi)), Some(loader)) => {
                     let force = blocked_since.is_some_and(|t| t.elapsed() >= state_wait);
-                    loader.check(&mut terminals, lo, hi, force).await?
+                    let mut backoff = Backoff::new();
+                    loop {
+                        match loader.check(&mut terminals, lo, hi, force).await {
+                            Ok(r) => break r,
+                            Err(e) => backoff.ride_out(&shared, "terminal state", e).await?,
+                        }
+                    }
                 }
                 _ => Readiness::Complete,
             };
@@ -495,7 +635,7 @@ async fn featurize_stage(
             let span = tracing::debug_span!("featurize", rows = piece.rows());
             let work = build_work(
                 &shared,
-                piece.into_records(),
+                piece.assemble(),
                 readiness == Readiness::Complete,
                 &mut cards,
                 &mut terminals,
@@ -510,7 +650,7 @@ async fn featurize_stage(
         if let Some(ack) = barrier {
             // Cards of revoked partitions may change under their next owner.
             cards.clear();
-            pending.clear();
+            pending.reset();
             pauses.set(Default::default());
             dropping = false;
             blocked_since = None;
@@ -522,17 +662,44 @@ async fn featurize_stage(
     Ok(())
 }
 
+/// Postgres reads outside the sink (card and terminal state, watermarks)
+/// ride out an outage as the sink does: connection-type errors are retried
+/// with backoff, readiness says why meanwhile; anything else is the stage's end.
+struct Backoff(Duration);
+
+impl Backoff {
+    fn new() -> Self {
+        Backoff(Duration::from_millis(100))
+    }
+
+    /// `Ok` after waiting if `e` is worth retrying, else `Err(e)`.
+    async fn ride_out(
+        &mut self,
+        shared: &Shared,
+        what: &str,
+        e: SinkError,
+    ) -> Result<(), EngineError> {
+        if !e.is_transient() {
+            return Err(e.into());
+        }
+        shared.health.sink_failed(&format!("reading {what}: {e}"));
+        tracing::warn!(error = %e, backoff = ?self.0, "reading {what} failed; retrying");
+        tokio::time::sleep(self.0).await;
+        self.0 = (self.0 * 2).min(Duration::from_secs(5));
+        Ok(())
+    }
+}
+
 /// Decode and featurize one batch whose terminal days are loaded.
 async fn build_work(
     shared: &Shared,
-    records: Vec<Record>,
+    a: batch::Assembled,
     state_complete: bool,
     cards: &mut CardState,
     terminals: &mut TerminalStats,
 ) -> Result<Work, EngineError> {
     let started = Instant::now();
-    let rows = records.len() as i64;
-    let a = batch::assemble(records);
+    let rows = (a.txs.len() + a.labels.len() + a.dead_letters.len()) as i64;
     let mut work = Work {
         started,
         txs: a.txs,
@@ -545,6 +712,7 @@ async fn build_work(
         scored: Vec::new(),
     };
     shared.metrics.in_flight.add(rows);
+    shared.health.read(rows);
     if work.txs.is_empty() {
         return Ok(work);
     }
@@ -558,8 +726,14 @@ async fn build_work(
     missing.sort();
     missing.dedup();
     if !missing.is_empty() {
-        let rows =
-            sink::state::load_cards(&shared.pool, &missing, features::card_retention_ms()).await?;
+        let mut backoff = Backoff::new();
+        let rows = loop {
+            let retention = features::card_retention_ms();
+            match sink::state::load_cards(&shared.pool, &missing, retention).await {
+                Ok(rows) => break rows,
+                Err(e) => backoff.ride_out(shared, "card state", e).await?,
+            }
+        };
         let mut by_card: std::collections::HashMap<String, Vec<features::PastTx>> =
             missing.into_iter().map(|c| (c, Vec::new())).collect();
         for (card, tx) in rows {
@@ -659,12 +833,15 @@ async fn score_stage(
     Ok(())
 }
 
-/// Decide, then commit each batch — dead letters to Kafka first, then the one
-/// Postgres transaction — retrying transient failures until shutdown.
+/// Decide, then commit each batch in one Postgres transaction (its dead
+/// letters published to Kafka just before the commit). Connection errors
+/// are retried with backoff until shutdown, with readiness down meanwhile;
+/// a value Postgres refuses dead-letters its row and the batch proceeds;
+/// any other error stops the engine.
 async fn sink_stage(
     shared: Arc<Shared>,
     group: String,
-    dlq: FutureProducer,
+    dlq: Arc<DeadLetterTopic>,
     mut input: mpsc::Receiver<Item>,
 ) -> Result<RunSummary, EngineError> {
     let mut summary = RunSummary::default();
@@ -678,20 +855,7 @@ async fn sink_stage(
         };
         let t = Instant::now();
         let batch = decide(&shared, &work);
-        publish_dead_letters(&dlq, &shared.config.kafka.dlq_topic, &batch.dead_letters).await?;
-        let mut backoff = Duration::from_millis(100);
-        let written = loop {
-            match sink::write_batch(&shared.pool, &group, &shared.provenance, &batch).await {
-                Ok(w) => break w,
-                Err(e) if e.is_transient() => {
-                    shared.metrics.sink_retries.inc();
-                    tracing::warn!(error = %e, ?backoff, "sink transaction failed; retrying");
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
-                }
-                Err(e) => return Err(e.into()),
-            }
-        };
+        let written = commit(&shared, &group, dlq.as_ref(), &batch).await?;
         let m = &shared.metrics;
         for d in &batch.decisions {
             m.decided.with_label_values(&[d.decision.as_str()]).inc();
@@ -699,10 +863,27 @@ async fn sink_stage(
                 m.mcc_surprise.observe(f64::from(s));
             }
         }
-        m.dead_letters.inc_by(written.dead_letters as u64);
+        for kind in &written.dead_kinds {
+            m.dead_letters.with_label_values(&[kind]).inc();
+        }
         m.labels.inc_by(written.labels as u64);
+        for o in &batch.offsets {
+            let partition = o.partition.to_string();
+            let labels = [o.topic.as_str(), partition.as_str()];
+            if let Some(ts) = o.max_event_ts {
+                m.partition_event_time
+                    .with_label_values(&labels)
+                    .set(ts.timestamp_millis() as f64 / 1000.0);
+            }
+            m.partition_committed_at
+                .with_label_values(&labels)
+                .set(chrono::Utc::now().timestamp_millis() as f64 / 1000.0);
+        }
         let rows = work.txs.len() + work.labels.len() + work.dead_letters.len();
         m.in_flight.sub(rows as i64);
+        shared
+            .health
+            .committed(rows as i64, work.state_complete || work.txs.is_empty());
         m.batch_rows.observe(rows as f64);
         m.stage_seconds
             .with_label_values(&["sink"])
@@ -722,6 +903,45 @@ async fn sink_stage(
         );
     }
     Ok(summary)
+}
+
+/// One batch's transaction, whatever it takes: retried while Postgres or
+/// the DLQ topic is unreachable; written row by row if Postgres refuses a
+/// value (those rows become dead letters); an error again in that mode, or
+/// any other error, is the engine's end.
+async fn commit(
+    shared: &Shared,
+    group: &str,
+    dlq: &DeadLetterTopic,
+    batch: &SinkBatch,
+) -> Result<sink::Written, EngineError> {
+    let mut backoff = Duration::from_millis(100);
+    let mut mode = sink::Mode::Bulk;
+    loop {
+        let attempt =
+            sink::write_batch(&shared.pool, group, &shared.provenance, batch, dlq, mode).await;
+        let e = match attempt {
+            Ok(w) => return Ok(w),
+            Err(e) => e,
+        };
+        match (e.failure(), mode) {
+            (Failure::Retry, _) => {
+                shared.metrics.sink_retries.inc();
+                shared.health.sink_failed(&e.to_string());
+                tracing::warn!(error = %e, ?backoff, "sink transaction failed; retrying");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+            (Failure::Data, sink::Mode::Bulk) => {
+                tracing::warn!(error = %e, rows = batch.decisions.len(), "postgres refused a value; writing the batch row by row");
+                mode = sink::Mode::RowByRow;
+            }
+            _ => {
+                tracing::error!(error = %e, "sink failed; stopping");
+                return Err(e.into());
+            }
+        }
+    }
 }
 
 fn decide(shared: &Shared, work: &Work) -> SinkBatch {
@@ -763,17 +983,24 @@ fn decide(shared: &Shared, work: &Work) -> SinkBatch {
 /// keeps them whole), so one oversized record cannot block the stream.
 const DLQ_MAX_PAYLOAD: usize = 900 * 1024;
 
+/// The DLQ record key: the record's source, the same every time it is
+/// published, so duplicates left by a crash or a retried batch are easy to drop.
+pub fn dead_letter_key(d: &DeadLetter) -> String {
+    format!("{}/{}/{}", d.topic, d.partition, d.offset)
+}
+
 /// The DLQ topic gets the original bytes with the reason and source in headers.
 async fn publish_dead_letters(
     dlq: &FutureProducer,
     topic: &str,
     dead: &[DeadLetter],
 ) -> Result<(), EngineError> {
-    let sends = dead.iter().map(|d| {
+    let keys: Vec<String> = dead.iter().map(dead_letter_key).collect();
+    let sends = dead.iter().zip(&keys).map(|(d, key)| {
         let payload = d.payload.as_deref().unwrap_or_default();
         let partition = d.partition.to_string();
         let offset = d.offset.to_string();
-        let original_len = payload.len().to_string();
+        let original_len = d.truncated_from.unwrap_or(payload.len()).to_string();
         let mut headers = OwnedHeaders::new()
             .insert(Header {
                 key: "source_topic",
@@ -791,18 +1018,22 @@ async fn publish_dead_letters(
                 key: "reason",
                 value: Some(d.reason.as_str()),
             });
-        if payload.len() > DLQ_MAX_PAYLOAD {
+        if payload.len() > DLQ_MAX_PAYLOAD || d.truncated_from.is_some() {
             headers = headers.insert(Header {
                 key: "truncated_from",
                 value: Some(original_len.as_str()),
             });
         }
-        let mut record: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(topic)
+        if let Some(k) = d.key.as_deref() {
+            headers = headers.insert(Header {
+                key: "source_key",
+                value: Some(k),
+            });
+        }
+        let record: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(topic)
+            .key(key.as_bytes())
             .payload(&payload[..payload.len().min(DLQ_MAX_PAYLOAD)])
             .headers(headers);
-        if let Some(k) = d.key.as_deref() {
-            record = record.key(k);
-        }
         dlq.send(record, Duration::from_secs(30))
     });
     for r in futures::future::join_all(sends).await {

@@ -9,7 +9,8 @@
 //! waits (reading on, so lagging partitions catch up) up to a bound, after
 //! which the batch is scored anyway and marked incomplete.
 
-use crate::event::{Label, Transaction};
+use super::event_time::SkewPolicy;
+use crate::event::Label;
 use crate::features::terminal_needed_days as needed_days;
 use crate::features::{day_of, TerminalStats, MS_PER_DAY};
 use crate::sink::{self, SinkError};
@@ -34,16 +35,19 @@ const PEEK_LIMIT: usize = 1000;
 pub struct Stream {
     pub topic: String,
     pub group: String,
-    pub event_time: fn(&[u8]) -> Option<i64>,
+    /// The event time of a record as the pipeline would admit it, given its
+    /// partition's committed clock; `None` if it would be dead-lettered.
+    pub event_time: fn(&[u8], Option<i64>, &SkewPolicy) -> Option<i64>,
+    pub policy: SkewPolicy,
 }
 
-pub fn transaction_time(bytes: &[u8]) -> Option<i64> {
-    Transaction::decode(bytes)
-        .ok()
-        .map(|t| t.ts.timestamp_millis())
+/// Exactly the pipeline's verdict ([`super::batch::admitted_time`]): a
+/// record it dead-letters for its time must not hold or move the watermark.
+pub fn transaction_time(bytes: &[u8], clock: Option<i64>, policy: &SkewPolicy) -> Option<i64> {
+    super::batch::admitted_time(bytes, clock, policy)
 }
 
-pub fn label_time(bytes: &[u8]) -> Option<i64> {
+pub fn label_time(bytes: &[u8], _clock: Option<i64>, _policy: &SkewPolicy) -> Option<i64> {
     Label::decode(bytes)
         .ok()
         .map(|l| l.reported_at.timestamp_millis())
@@ -75,15 +79,14 @@ impl TerminalLoader {
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         pool: PgPool,
-        brokers: &str,
+        mut client: ClientConfig,
         transactions: Stream,
         labels: Stream,
         delay_days: i64,
         late_tolerance_secs: i64,
     ) -> rdkafka::error::KafkaResult<Self> {
         // Never subscribes: only assigns partitions to peek at their heads.
-        let kafka: BaseConsumer = ClientConfig::new()
-            .set("bootstrap.servers", brokers)
+        let kafka: BaseConsumer = client
             .set("group.id", format!("{}-watermarks", transactions.group))
             .set("enable.auto.commit", "false")
             .set("fetch.wait.max.ms", "10")
@@ -102,11 +105,11 @@ impl TerminalLoader {
     /// The event time before which every valid record of `stream` is
     /// committed, in ms (`i64::MAX` when every partition is committed to its end).
     pub async fn watermark(&mut self, stream: &Stream) -> Result<i64, SinkError> {
-        let committed: HashMap<i32, i64> =
+        let committed: HashMap<i32, (i64, Option<i64>)> =
             sink::committed_progress(&self.pool, &stream.group, &stream.topic)
                 .await?
                 .into_iter()
-                .map(|(p, next, _)| (p, next))
+                .map(|(p, next, clock)| (p, (next, clock.map(|t| t.timestamp_millis()))))
                 .collect();
         let kafka = self.kafka.clone();
         let s = stream.clone();
@@ -242,7 +245,7 @@ enum Head {
 fn heads(
     consumer: &BaseConsumer,
     s: &Stream,
-    committed: &HashMap<i32, i64>,
+    committed: &HashMap<i32, (i64, Option<i64>)>,
     known: &HashMap<HeadKey, i64>,
 ) -> rdkafka::error::KafkaResult<Vec<(HeadKey, Head)>> {
     let timeout = Duration::from_secs(5);
@@ -252,7 +255,7 @@ fn heads(
     for t in md.topics() {
         for p in t.partitions() {
             let (low, high) = consumer.fetch_watermarks(&s.topic, p.id(), timeout)?;
-            let start = committed.get(&p.id()).copied().unwrap_or(-1).max(low);
+            let start = committed.get(&p.id()).map_or(-1, |c| c.0).max(low);
             let key = (s.topic.clone(), p.id(), start);
             if start >= high {
                 out.push((key, Head::Drained));
@@ -286,7 +289,11 @@ fn heads(
         if found.contains_key(&p) {
             continue;
         }
-        if let Some(ts) = m.payload().and_then(s.event_time) {
+        let clock = committed.get(&p).and_then(|c| c.1);
+        if let Some(ts) = m
+            .payload()
+            .and_then(|bytes| (s.event_time)(bytes, clock, &s.policy))
+        {
             found.insert(p, Head::At(ts));
         } else if m.offset() + 1 >= *high {
             found.insert(p, Head::Drained); // only poison up to the end

@@ -17,7 +17,8 @@ pub struct Produced {
 }
 
 pub struct Target<'a> {
-    pub brokers: &'a str,
+    /// From [`crate::ingest::client`]: brokers and security settings.
+    pub client: ClientConfig,
     pub transactions_topic: &'a str,
     pub labels_topic: &'a str,
     /// Transactions per second; `None` = as fast as the broker takes them.
@@ -30,8 +31,9 @@ pub fn produce(
     expected: Option<u64>,
     t: &Target<'_>,
 ) -> Result<Produced> {
-    let producer: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
-        .set("bootstrap.servers", t.brokers)
+    let producer: ThreadedProducer<DefaultProducerContext> = t
+        .client
+        .clone()
         .set("enable.idempotence", "true")
         .set("linger.ms", "5")
         .set("batch.num.messages", "10000")

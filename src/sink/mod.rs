@@ -11,6 +11,7 @@
 //! This module also owns the reads that rebuild engine state from Postgres:
 //! partition claims, card histories and terminal statistics.
 
+pub mod schema;
 pub mod state;
 
 use crate::decision::ThresholdSet;
@@ -22,7 +23,7 @@ use std::time::Duration;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SinkError {
-    #[error("postgres: {0}")]
+    #[error("postgres: {}", describe(.0))]
     Db(#[from] sqlx::Error),
     #[error("migration: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
@@ -34,18 +35,89 @@ pub enum SinkError {
         partition: i32,
         epoch: i64,
     },
+    #[error("dead-letter topic: {0}")]
+    Publish(String),
+}
+
+/// What to do about a failed sink transaction.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Failure {
+    /// The connection, the server or a race: retry the same batch.
+    Retry,
+    /// Postgres refused a value (SQLSTATE class 22 or 23): write the batch
+    /// again row by row and dead-letter the rows it refuses.
+    Data,
+    /// Anything else (privileges, schema, fencing): retrying cannot help.
+    Fatal,
+}
+
+/// `sqlx::Error` with the SQLSTATE in front, when there is one.
+fn describe(e: &sqlx::Error) -> String {
+    match e {
+        sqlx::Error::Database(d) => match d.code() {
+            Some(code) => format!("{code} {}", crate::event::printable(d.message())),
+            None => crate::event::printable(d.message()),
+        },
+        other => crate::event::printable(&other.to_string()),
+    }
 }
 
 impl SinkError {
-    /// Worth retrying: the database was unreachable or the transaction lost a race.
-    pub fn is_transient(&self) -> bool {
+    /// Only errors about the connection or the server are retried; errors
+    /// about the data isolate the offending rows; the rest stop the engine.
+    pub fn failure(&self) -> Failure {
         match self {
-            SinkError::Db(e) => {
-                !matches!(e, sqlx::Error::Database(d) if d.code().is_some_and(|c| c.starts_with("23") || c.starts_with("42")))
-            }
-            _ => false,
+            SinkError::Db(sqlx::Error::Database(d)) => match d.code().as_deref() {
+                // 08 connection, 40 serialization/deadlock, 53 resources,
+                // 57 operator intervention (shutdown, cannot connect now), 58 system.
+                Some(c)
+                    if ["08", "40", "53", "57", "58"]
+                        .iter()
+                        .any(|k| c.starts_with(k)) =>
+                {
+                    Failure::Retry
+                }
+                Some(c) if c.starts_with("22") || c.starts_with("23") => Failure::Data,
+                _ => Failure::Fatal,
+            },
+            SinkError::Db(
+                sqlx::Error::Io(_)
+                | sqlx::Error::Tls(_)
+                | sqlx::Error::PoolTimedOut
+                | sqlx::Error::PoolClosed
+                | sqlx::Error::WorkerCrashed
+                | sqlx::Error::Protocol(_),
+            ) => Failure::Retry,
+            SinkError::Db(sqlx::Error::Encode(_)) => Failure::Data,
+            SinkError::Publish(_) => Failure::Retry,
+            SinkError::Db(_) | SinkError::Migrate(_) | SinkError::Fenced { .. } => Failure::Fatal,
         }
     }
+
+    /// Worth retrying the same batch as it is.
+    pub fn is_transient(&self) -> bool {
+        self.failure() == Failure::Retry
+    }
+
+    /// The SQLSTATE, for a dead letter's kind.
+    fn code(&self) -> Option<String> {
+        match self {
+            SinkError::Db(sqlx::Error::Database(d)) => d.code().map(|c| c.into_owned()),
+            _ => None,
+        }
+    }
+}
+
+/// Where dead letters go besides the `dead_letters` table: the pipeline's
+/// Kafka DLQ topic. Called inside the batch's transaction, just before it
+/// commits, with every dead letter of the batch (those found while writing
+/// included), so the topic has at least what the table has; a retried
+/// batch publishes again, under the same stable keys.
+pub trait PublishDeadLetters: Send + Sync {
+    fn publish<'a>(
+        &'a self,
+        dead: &'a [DeadLetter],
+    ) -> futures::future::BoxFuture<'a, Result<(), String>>;
 }
 
 pub async fn connect(url: &str, max_connections: u32) -> Result<PgPool, SinkError> {
@@ -56,11 +128,7 @@ pub async fn connect(url: &str, max_connections: u32) -> Result<PgPool, SinkErro
         .await?)
 }
 
-/// Apply the migrations under `migrations/` (idempotent).
-pub async fn migrate(pool: &PgPool) -> Result<(), SinkError> {
-    sqlx::migrate!("./migrations").run(pool).await?;
-    Ok(())
-}
+pub use schema::{check_migrations, migrate};
 
 /// Record the model in force (idempotent).
 pub async fn register_model(pool: &PgPool, m: &Manifest) -> Result<(), SinkError> {
@@ -80,18 +148,27 @@ pub async fn register_model(pool: &PgPool, m: &Manifest) -> Result<(), SinkError
 }
 
 /// The version of this threshold content, registering it on first use.
+///
+/// Two statements, so the engine needs no UPDATE on `threshold_sets`: the
+/// insert waits for a concurrent insert of the same content to commit (or
+/// roll back), and the select, in a later snapshot, then sees the row.
 pub async fn register_thresholds(pool: &PgPool, set: &ThresholdSet) -> Result<i32, SinkError> {
-    let row = sqlx::query(
+    let sha = set.content_sha256();
+    sqlx::query(
         "INSERT INTO threshold_sets (content_sha256, thresholds, changed_by) VALUES ($1, $2, $3)
-         ON CONFLICT (content_sha256) DO UPDATE SET content_sha256 = EXCLUDED.content_sha256
-         RETURNING version",
+         ON CONFLICT (content_sha256) DO NOTHING",
     )
-    .bind(set.content_sha256())
+    .bind(&sha)
     .bind(set.canonical_json())
     .bind(&set.config.changed_by)
-    .fetch_one(pool)
+    .execute(pool)
     .await?;
-    Ok(row.get(0))
+    Ok(
+        sqlx::query_scalar("SELECT version FROM threshold_sets WHERE content_sha256 = $1")
+            .bind(&sha)
+            .fetch_one(pool)
+            .await?,
+    )
 }
 
 /// A claimed partition: where to resume and the epoch that fences older owners.
@@ -101,6 +178,8 @@ pub struct Claim {
     /// `None`: never committed, start from the beginning.
     pub next_offset: Option<i64>,
     pub epoch: i64,
+    /// The partition's committed event-time clock, in ms.
+    pub clock_ms: Option<i64>,
 }
 
 /// Take ownership of partitions: bump each epoch (fencing any previous owner,
@@ -118,7 +197,7 @@ pub async fn claim_partitions(
          SELECT $1, $2, p, -1, 1, $4 FROM unnest($3::int[]) AS p
          ON CONFLICT (consumer_group, topic, partition) DO UPDATE
             SET epoch = kafka_offsets.epoch + 1, owner = EXCLUDED.owner, updated_at = now()
-         RETURNING partition, next_offset, epoch",
+         RETURNING partition, next_offset, epoch, max_event_ts",
     )
     .bind(group)
     .bind(topic)
@@ -130,13 +209,31 @@ pub async fn claim_partitions(
         .iter()
         .map(|r| {
             let next: i64 = r.get(1);
+            let clock: Option<DateTime<Utc>> = r.get(3);
             Claim {
                 partition: r.get(0),
                 next_offset: (next >= 0).then_some(next),
                 epoch: r.get(2),
+                clock_ms: clock.map(|t| t.timestamp_millis()),
             }
         })
         .collect())
+}
+
+/// The newest event-time clock committed by any partition of `topic` (ms).
+pub async fn stream_clock(
+    pool: &PgPool,
+    group: &str,
+    topic: &str,
+) -> Result<Option<i64>, SinkError> {
+    let newest: Option<DateTime<Utc>> = sqlx::query_scalar(
+        "SELECT max(max_event_ts) FROM kafka_offsets WHERE consumer_group = $1 AND topic = $2",
+    )
+    .bind(group)
+    .bind(topic)
+    .fetch_one(pool)
+    .await?;
+    Ok(newest.map(|t| t.timestamp_millis()))
 }
 
 /// Committed progress of every partition of `topic`: `(partition, next_offset, max_event_ts)`.
@@ -187,13 +284,20 @@ pub struct DeadLetter {
     pub partition: i32,
     pub offset: i64,
     pub reason: String,
+    /// Why, as a short label for metrics (`json`, `invalid_amount`,
+    /// `skew_ahead`, `duplicate`, `postgres_22021`, …).
+    pub kind: &'static str,
     pub key: Option<Vec<u8>>,
     pub payload: Option<Vec<u8>>,
+    /// The value's real length when `payload` is only its prefix (an
+    /// oversized record is never copied whole).
+    pub truncated_from: Option<usize>,
 }
 
 #[derive(Debug, Clone)]
 pub struct LabelRow {
     pub label: crate::event::Label,
+    pub topic: String,
     pub partition: i32,
     pub offset: i64,
 }
@@ -226,6 +330,8 @@ pub struct Written {
     pub duplicates: usize,
     pub dead_letters: usize,
     pub labels: usize,
+    /// The kind of each dead letter written (for metrics).
+    pub dead_kinds: Vec<&'static str>,
 }
 
 /// The identity of the model and thresholds that decided a batch.
@@ -239,6 +345,16 @@ pub struct Provenance {
     pub source_topic: String,
 }
 
+/// How [`write_batch`] writes rows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// All rows of a table in one statement: the fast path.
+    Bulk,
+    /// One row at a time under a savepoint: rows Postgres refuses become
+    /// dead letters with its reason, and the rest of the batch commits.
+    RowByRow,
+}
+
 /// Write a batch and its offsets atomically. Fails with [`SinkError::Fenced`]
 /// (and writes nothing) if any partition's epoch is stale.
 pub async fn write_batch(
@@ -246,6 +362,8 @@ pub async fn write_batch(
     group: &str,
     p: &Provenance,
     b: &SinkBatch,
+    dlq: &dyn PublishDeadLetters,
+    mode: Mode,
 ) -> Result<Written, SinkError> {
     let mut tx = pool.begin().await?;
     // Offsets first: the row locks serialize this commit against a new
@@ -276,29 +394,57 @@ pub async fn write_batch(
 
     let mut written = Written::default();
     let mut dead = b.dead_letters.clone();
-    if !b.decisions.is_empty() {
-        let inserted = insert_decisions(&mut tx, p, &b.decisions).await?;
-        let inserted: std::collections::HashSet<String> = inserted.into_iter().collect();
-        let mut fresh = Vec::with_capacity(inserted.len());
-        let mut seen = std::collections::HashSet::new();
-        for d in &b.decisions {
-            // The first row of a tx_id inserted it; any other is a duplicate.
-            if inserted.contains(&d.tx.tx_id) && seen.insert(d.tx.tx_id.as_str()) {
-                fresh.push(d);
-            } else {
-                dead.push(DeadLetter {
-                    topic: p.source_topic.clone(),
-                    partition: d.partition,
-                    offset: d.offset,
-                    reason: format!("duplicate tx_id {:?}: already decided", d.tx.tx_id),
-                    key: Some(d.tx.card_id.clone().into_bytes()),
-                    payload: Some(d.tx.encode()),
-                });
-                written.duplicates += 1;
+    let decisions: Vec<&DecisionRow> = b.decisions.iter().collect();
+    match mode {
+        Mode::Bulk => {
+            insert_decided(&mut tx, p, &decisions, &mut dead, &mut written).await?;
+            insert_labels(&mut tx, &b.labels).await?;
+            written.labels = b.labels.len();
+        }
+        Mode::RowByRow => {
+            for d in decisions {
+                let attempt = isolated(&mut tx, async |tx: &mut sqlx::PgConnection| {
+                    let mut w = Written::default();
+                    let mut extra = Vec::new();
+                    insert_decided(tx, p, &[d], &mut extra, &mut w).await?;
+                    Ok((w, extra))
+                })
+                .await?;
+                match attempt {
+                    Ok((w, extra)) => {
+                        written.decisions += w.decisions;
+                        written.duplicates += w.duplicates;
+                        dead.extend(extra);
+                    }
+                    Err(e) => dead.push(refused(
+                        &e,
+                        &p.source_topic,
+                        d.partition,
+                        d.offset,
+                        Some(d.tx.card_id.clone().into_bytes()),
+                        Some(d.tx.encode()),
+                    )),
+                }
+            }
+            for l in &b.labels {
+                let one = std::slice::from_ref(l);
+                match isolated(&mut tx, async |tx: &mut sqlx::PgConnection| {
+                    insert_labels(tx, one).await
+                })
+                .await?
+                {
+                    Ok(()) => written.labels += 1,
+                    Err(e) => dead.push(refused(
+                        &e,
+                        &l.topic,
+                        l.partition,
+                        l.offset,
+                        Some(l.label.tx_id.clone().into_bytes()),
+                        Some(l.label.encode()),
+                    )),
+                }
             }
         }
-        insert_explanations(&mut tx, &fresh).await?;
-        written.decisions = fresh.len();
     }
     if !dead.is_empty() {
         sqlx::query(
@@ -314,31 +460,136 @@ pub async fn write_batch(
         .bind(dead.iter().map(|d| d.payload.as_deref()).collect::<Vec<_>>())
         .execute(&mut *tx)
         .await?;
-        written.dead_letters = dead.len();
+        dlq.publish(&dead).await.map_err(SinkError::Publish)?;
     }
-    if !b.labels.is_empty() {
-        sqlx::query(
-            "INSERT INTO labels (tx_id, is_fraud, reported_at, source_partition, source_offset)
-             SELECT * FROM unnest($1::text[], $2::bool[], $3::timestamptz[], $4::int[], $5::bigint[])
-             ON CONFLICT (tx_id) DO NOTHING",
-        )
-        .bind(b.labels.iter().map(|l| l.label.tx_id.as_str()).collect::<Vec<_>>())
-        .bind(b.labels.iter().map(|l| l.label.is_fraud).collect::<Vec<_>>())
-        .bind(b.labels.iter().map(|l| l.label.reported_at).collect::<Vec<_>>())
-        .bind(b.labels.iter().map(|l| l.partition).collect::<Vec<_>>())
-        .bind(b.labels.iter().map(|l| l.offset).collect::<Vec<_>>())
-        .execute(&mut *tx)
-        .await?;
-        written.labels = b.labels.len();
-    }
+    written.dead_letters = dead.len();
+    written.dead_kinds = dead.iter().map(|d| d.kind).collect();
     tx.commit().await?;
     Ok(written)
+}
+
+/// Run `f` under a savepoint: `Ok(Err(e))` when Postgres refused the data
+/// (rolled back to the savepoint, the transaction goes on); `Err` for
+/// anything else, which ends the transaction.
+async fn isolated<T>(
+    tx: &mut sqlx::PgConnection,
+    f: impl AsyncFnOnce(&mut sqlx::PgConnection) -> Result<T, SinkError>,
+) -> Result<Result<T, SinkError>, SinkError> {
+    sqlx::query("SAVEPOINT row").execute(&mut *tx).await?;
+    match f(&mut *tx).await {
+        Ok(v) => {
+            sqlx::query("RELEASE SAVEPOINT row")
+                .execute(&mut *tx)
+                .await?;
+            Ok(Ok(v))
+        }
+        Err(e) if e.failure() == Failure::Data => {
+            sqlx::query("ROLLBACK TO SAVEPOINT row")
+                .execute(&mut *tx)
+                .await?;
+            Ok(Err(e))
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// The dead letter of a row Postgres refused.
+fn refused(
+    e: &SinkError,
+    topic: &str,
+    partition: i32,
+    offset: i64,
+    key: Option<Vec<u8>>,
+    payload: Option<Vec<u8>>,
+) -> DeadLetter {
+    DeadLetter {
+        topic: topic.to_owned(),
+        partition,
+        offset,
+        reason: format!("postgres refused the row: {e}"),
+        kind: match e.code().as_deref() {
+            Some(c) if c.starts_with("22") => "postgres_data",
+            Some(c) if c.starts_with("23") => "postgres_constraint",
+            _ => "postgres",
+        },
+        key,
+        payload,
+        truncated_from: None,
+    }
+}
+
+/// Decisions with their explanations; a tx_id already decided (from
+/// another offset) becomes a duplicate dead letter.
+async fn insert_decided(
+    tx: &mut sqlx::PgConnection,
+    p: &Provenance,
+    decisions: &[&DecisionRow],
+    dead: &mut Vec<DeadLetter>,
+    written: &mut Written,
+) -> Result<(), SinkError> {
+    if decisions.is_empty() {
+        return Ok(());
+    }
+    let inserted = insert_decisions(&mut *tx, p, decisions).await?;
+    let inserted: std::collections::HashSet<String> = inserted.into_iter().collect();
+    let mut fresh = Vec::with_capacity(inserted.len());
+    let mut seen = std::collections::HashSet::new();
+    for d in decisions {
+        // The first row of a tx_id inserted it; any other is a duplicate.
+        if inserted.contains(&d.tx.tx_id) && seen.insert(d.tx.tx_id.as_str()) {
+            fresh.push(*d);
+        } else {
+            dead.push(DeadLetter {
+                topic: p.source_topic.clone(),
+                partition: d.partition,
+                offset: d.offset,
+                reason: format!("duplicate tx_id {:?}: already decided", d.tx.tx_id),
+                kind: "duplicate",
+                key: Some(d.tx.card_id.clone().into_bytes()),
+                payload: Some(d.tx.encode()),
+                truncated_from: None,
+            });
+            written.duplicates += 1;
+        }
+    }
+    insert_explanations(&mut *tx, &fresh).await?;
+    written.decisions += fresh.len();
+    Ok(())
+}
+
+async fn insert_labels(tx: &mut sqlx::PgConnection, labels: &[LabelRow]) -> Result<(), SinkError> {
+    if labels.is_empty() {
+        return Ok(());
+    }
+    sqlx::query(
+        "INSERT INTO labels (tx_id, is_fraud, reported_at, source_partition, source_offset)
+         SELECT * FROM unnest($1::text[], $2::bool[], $3::timestamptz[], $4::int[], $5::bigint[])
+         ON CONFLICT (tx_id) DO NOTHING",
+    )
+    .bind(
+        labels
+            .iter()
+            .map(|l| l.label.tx_id.as_str())
+            .collect::<Vec<_>>(),
+    )
+    .bind(labels.iter().map(|l| l.label.is_fraud).collect::<Vec<_>>())
+    .bind(
+        labels
+            .iter()
+            .map(|l| l.label.reported_at)
+            .collect::<Vec<_>>(),
+    )
+    .bind(labels.iter().map(|l| l.partition).collect::<Vec<_>>())
+    .bind(labels.iter().map(|l| l.offset).collect::<Vec<_>>())
+    .execute(&mut *tx)
+    .await?;
+    Ok(())
 }
 
 async fn insert_decisions(
     tx: &mut sqlx::PgConnection,
     p: &Provenance,
-    rows: &[DecisionRow],
+    rows: &[&DecisionRow],
 ) -> Result<Vec<String>, SinkError> {
     let features: Vec<String> = rows
         .iter()

@@ -5,7 +5,7 @@
 //! only for days every partition has closed (see [`crate::pipeline::watermark`]).
 
 use super::SinkError;
-use crate::features::{kept_per_card, FraudReport, PastTx, HISTORY_LEN, MS_PER_DAY};
+use crate::features::{kept_per_card, FraudReport, PastTx, HISTORY_LEN, MAX_PER_CARD, MS_PER_DAY};
 use chrono::{DateTime, Utc};
 use sqlx::{PgPool, Row};
 use std::sync::Arc;
@@ -17,6 +17,7 @@ fn day_start(day: i64) -> DateTime<Utc> {
 /// The remembered transactions of `cards`: the last
 /// [`kept_per_card`]`(HISTORY_LEN)` of each (the history sequence and the MCC
 /// context), and everything within the card retention of its newest one,
+/// at most [`MAX_PER_CARD`] (the most recent),
 /// exactly what [`crate::features::CardState`] keeps in a fault-free run
 /// (same-time transactions of a card in partition order, as they arrived).
 pub async fn load_cards(
@@ -29,12 +30,13 @@ pub async fn load_cards(
              SELECT *, row_number() OVER (PARTITION BY card_id ORDER BY ts DESC, source_offset DESC) AS rn,
                     max(ts) OVER (PARTITION BY card_id) AS newest
                FROM risk_decisions WHERE card_id = ANY($1)) r
-          WHERE rn <= $2 OR ts >= newest - make_interval(secs => $3::float8 / 1000)
+          WHERE (rn <= $2 OR ts >= newest - make_interval(secs => $3::float8 / 1000)) AND rn <= $4
           ORDER BY card_id, ts, source_offset",
     )
     .bind(cards)
     .bind(kept_per_card(HISTORY_LEN) as i64)
     .bind(retention_ms as f64)
+    .bind(MAX_PER_CARD as i64)
     .fetch_all(pool)
     .await?;
     Ok(rows
