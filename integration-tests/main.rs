@@ -19,5 +19,6 @@ mod outages;
 mod poison;
 mod privileges;
 mod secured;
+mod seen;
 mod serve;
 mod zoo;
