@@ -18,6 +18,11 @@ fn now_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()
 }
 
+/// Start a "since when" clock unless it is running already.
+fn mark_since(since: &AtomicI64) {
+    let _ = since.compare_exchange(0, now_ms(), Ordering::Relaxed, Ordering::Relaxed);
+}
+
 #[derive(Debug)]
 pub struct Health {
     started: AtomicBool,
@@ -67,12 +72,7 @@ impl Health {
     }
 
     pub fn sink_failed(&self, error: &str) {
-        let _ = self.sink_failing_since.compare_exchange(
-            0,
-            now_ms(),
-            Ordering::Relaxed,
-            Ordering::Relaxed,
-        );
+        mark_since(&self.sink_failing_since);
         *self.sink_error.lock().expect("health lock") = error.to_owned();
     }
 
@@ -83,12 +83,7 @@ impl Health {
         if state_complete {
             self.incomplete_since.store(0, Ordering::Relaxed);
         } else {
-            let _ = self.incomplete_since.compare_exchange(
-                0,
-                now_ms(),
-                Ordering::Relaxed,
-                Ordering::Relaxed,
-            );
+            mark_since(&self.incomplete_since);
         }
     }
 
@@ -101,12 +96,7 @@ impl Health {
         if up {
             self.kafka_down_since.store(0, Ordering::Relaxed);
         } else {
-            let _ = self.kafka_down_since.compare_exchange(
-                0,
-                now_ms(),
-                Ordering::Relaxed,
-                Ordering::Relaxed,
-            );
+            mark_since(&self.kafka_down_since);
         }
     }
 
