@@ -49,7 +49,12 @@ async fn seen_a_far_future_record_without_tx_id_froze_its_partition() {
         let p = (minute % 4) as i32;
         records.push((
             p,
-            tx(&format!("t{minute}"), &format!("c{p}-{}", minute % 13), minute, "10"),
+            tx(
+                &format!("t{minute}"),
+                &format!("c{p}-{}", minute % 13),
+                minute,
+                "10",
+            ),
         ));
         if minute == 2_000 {
             records.push((
@@ -65,7 +70,10 @@ async fn seen_a_far_future_record_without_tx_id_froze_its_partition() {
         .wait_until_done(&mut [&mut engine], Duration::from_secs(50))
         .await;
     engine.terminate();
-    assert_eq!(world.count("SELECT count(*) FROM risk_decisions").await, 4_000);
+    assert_eq!(
+        world.count("SELECT count(*) FROM risk_decisions").await,
+        4_000
+    );
     assert_eq!(world.count("SELECT count(*) FROM dead_letters").await, 1);
     assert_eq!(
         world
@@ -103,7 +111,10 @@ async fn seen_a_nul_in_a_card_id_stopped_the_engine_and_zero_amounts_were_refuse
         engine.log_tail()
     );
     assert!(engine.terminate().success());
-    assert_eq!(world.count("SELECT count(*) FROM risk_decisions").await, 600);
+    assert_eq!(
+        world.count("SELECT count(*) FROM risk_decisions").await,
+        600
+    );
     assert_eq!(
         world
             .count("SELECT count(*) FROM risk_decisions WHERE amount = 0")
