@@ -536,6 +536,7 @@ async fn featurize_stage(
     let state_wait = Duration::from_millis(p.state_wait_ms);
     let mut cards = CardState::default();
     let mut terminals = TerminalStats::default();
+    let mut recent = RecentIds::default();
     let mut pending = batch::Pending::new((&shared.config.event_time).into());
     let mut blocked_since: Option<Instant> = None;
     // From a revocation until its barrier, nothing read is featurized: the
@@ -639,6 +640,7 @@ async fn featurize_stage(
                 readiness == Readiness::Complete,
                 &mut cards,
                 &mut terminals,
+                &mut recent,
             )
             .instrument(span)
             .await?;
@@ -650,6 +652,7 @@ async fn featurize_stage(
         if let Some(ack) = barrier {
             // Cards of revoked partitions may change under their next owner.
             cards.clear();
+            recent.clear();
             pending.reset();
             pauses.set(Default::default());
             dropping = false;
@@ -690,6 +693,77 @@ impl Backoff {
     }
 }
 
+/// The tx_ids of the batches featurized lately, which may not be committed
+/// yet (at most a few batches are between featurize and the sink's commit).
+#[derive(Default)]
+struct RecentIds {
+    batches: std::collections::VecDeque<Vec<String>>,
+    ids: std::collections::HashSet<String>,
+}
+
+impl RecentIds {
+    /// More batches than can be in flight between featurize and commit.
+    const BATCHES: usize = 16;
+
+    fn remember(&mut self, ids: Vec<String>) {
+        self.ids.extend(ids.iter().cloned());
+        self.batches.push_back(ids);
+        if self.batches.len() > Self::BATCHES {
+            for id in self.batches.pop_front().unwrap_or_default() {
+                self.ids.remove(&id);
+            }
+        }
+    }
+
+    fn clear(&mut self) {
+        self.batches.clear();
+        self.ids.clear();
+    }
+}
+
+/// A transaction whose tx_id is already decided (in Postgres, earlier in
+/// flight, or earlier in this batch) is dead-lettered as a duplicate before
+/// it reaches card state. Found by the chaos run: duplicates used to be
+/// featurized (so they entered the card's memory) and only then refused by
+/// the sink, while a restarted engine rebuilds card memory from decisions
+/// alone; the card's later features then differed from a fault-free run.
+async fn drop_duplicates(
+    shared: &Shared,
+    work: &mut Work,
+    recent: &mut RecentIds,
+) -> Result<(), EngineError> {
+    let ids: Vec<&str> = work.txs.iter().map(|s| s.tx.tx_id.as_str()).collect();
+    let mut backoff = Backoff::new();
+    let decided = loop {
+        match sink::state::decided_among(&shared.pool, &ids).await {
+            Ok(d) => break d,
+            Err(e) => backoff.ride_out(shared, "decided tx_ids", e).await?,
+        }
+    };
+    let mut seen = std::collections::HashSet::new();
+    let mut kept = Vec::with_capacity(work.txs.len());
+    for s in std::mem::take(&mut work.txs) {
+        let id = s.tx.tx_id.as_str();
+        if decided.contains(id) || recent.ids.contains(id) || !seen.insert(id.to_owned()) {
+            work.dead_letters.push(DeadLetter {
+                topic: shared.provenance.source_topic.clone(),
+                partition: s.partition,
+                offset: s.offset,
+                reason: format!("duplicate tx_id {:?}: already decided", s.tx.tx_id),
+                kind: "duplicate",
+                key: Some(s.tx.card_id.clone().into_bytes()),
+                payload: Some(s.tx.encode()),
+                truncated_from: None,
+            });
+        } else {
+            kept.push(s);
+        }
+    }
+    recent.remember(seen.into_iter().collect());
+    work.txs = kept;
+    Ok(())
+}
+
 /// Decode and featurize one batch whose terminal days are loaded.
 async fn build_work(
     shared: &Shared,
@@ -697,6 +771,7 @@ async fn build_work(
     state_complete: bool,
     cards: &mut CardState,
     terminals: &mut TerminalStats,
+    recent: &mut RecentIds,
 ) -> Result<Work, EngineError> {
     let started = Instant::now();
     let rows = (a.txs.len() + a.labels.len() + a.dead_letters.len()) as i64;
@@ -713,6 +788,10 @@ async fn build_work(
     };
     shared.metrics.in_flight.add(rows);
     shared.health.read(rows);
+    if work.txs.is_empty() {
+        return Ok(work);
+    }
+    drop_duplicates(shared, &mut work, recent).await?;
     if work.txs.is_empty() {
         return Ok(work);
     }

@@ -63,6 +63,19 @@ pub async fn load_cards(
         .collect())
 }
 
+/// Which of `tx_ids` are decided already.
+pub async fn decided_among(
+    pool: &PgPool,
+    tx_ids: &[&str],
+) -> Result<std::collections::HashSet<String>, SinkError> {
+    let rows: Vec<String> =
+        sqlx::query_scalar("SELECT tx_id FROM risk_decisions WHERE tx_id = ANY($1)")
+            .bind(tx_ids)
+            .fetch_all(pool)
+            .await?;
+    Ok(rows.into_iter().collect())
+}
+
 /// Transactions per terminal and day, for the closed days `[from, until)`.
 pub async fn terminal_counts(
     pool: &PgPool,
