@@ -7,7 +7,7 @@
 #   make study         the fraud model study: every model/positional encoding, 4 folds -> docs/MODELS.md (~40 min)
 #   make evaluate      handbook-protocol metrics of MODEL on DATA, FOLDS weekly test windows (release build)
 #   make fuzz          AFL++ on the wire decoders for FUZZ_SECONDS (default 1800), then minimize fuzz/corpus
-#   make chaos         CHAOS_TX (1M) tx + hostile records through kill -9s, outages, scale 1->3->1 (release; stops the stack)
+#   make chaos         CHAOS_TX (1M) tx + 1% hostile records through 20 kill -9s, outages, scale 1->3->1 (~25 min; stops the stack)
 #   make lint          rustfmt --check and clippy -D warnings
 #   make setup         install system packages, Kafka jars, .venv with onnxruntime (idempotent)
 #   make stack-up      start local Kafka (127.0.0.1:39092) + PostgreSQL (127.0.0.1:55432)

@@ -311,6 +311,13 @@ async fn wait_ready(port: u16, engine: &mut Engine, timeout: Duration) -> Result
     }
 }
 
+/// A new pool for the world: Postgres ended every session when it stopped,
+/// and a pooled connection may hand that error to the next query.
+pub async fn reconnect(world: &mut World) {
+    world.pool.close().await;
+    world.pool = PgPool::connect(&world.db_url).await.unwrap();
+}
+
 /// The engine is still running; otherwise fail with its log.
 fn assert_running(engine: &mut Engine, when: &str) {
     if let Some(status) = engine.child.try_wait().unwrap() {
@@ -415,7 +422,7 @@ enum Outage {
 /// and the fault-free features.
 async fn ride_through(test: &str, what: Outage, down: Duration, reason: &[&str]) {
     let clean = baseline().await;
-    let world = World::new(test, PARTITIONS).await;
+    let mut world = World::new(test, PARTITIONS).await;
     let port = serve_health(&world, PARTITIONS);
     let (produced, _) = world.produce_simulated(N, SEED);
     let pg = PgServer::locate().await;
@@ -442,6 +449,7 @@ async fn ride_through(test: &str, what: Outage, down: Duration, reason: &[&str])
     let restarting_at = Instant::now();
     guard.restore();
     let restored_at = Instant::now();
+    reconnect(&mut world).await;
     assert_running(&mut engine, &format!("after the {what:?} outage"));
     world
         .wait_until_done(&mut [&mut engine], DONE_TIMEOUT)
@@ -527,7 +535,7 @@ async fn broker_outage_mid_stream() {
 /// up. With `logged`, the wait must also be in the log within the 15 s
 /// down, naming that dependency.
 async fn waits_at_start_up(test: &str, what: Outage, logged: Option<&str>) {
-    let world = World::new(test, 1).await;
+    let mut world = World::new(test, 1).await;
     let port = serve_health(&world, 1);
     let (produced, _) = world.produce_simulated(3_000, SEED + 1);
     let pg = PgServer::locate().await;
@@ -545,6 +553,7 @@ async fn waits_at_start_up(test: &str, what: Outage, logged: Option<&str>) {
     }
     let restarting_at = Instant::now();
     guard.restore();
+    reconnect(&mut world).await;
     world
         .wait_until_done(&mut [&mut engine], Duration::from_secs(300))
         .await;

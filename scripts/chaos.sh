@@ -17,13 +17,14 @@
 #   CHAOS_TX             simulated transactions (default 1000000)
 #   CHAOS_KILLS          kill -9s (default 20)
 #   CHAOS_HOSTILE_EVERY  one hostile record after every n-th transaction (default 100)
-#   CHAOS_PROFILE        cargo profile: release (default) or dev (reuses the debug build)
+#   CHAOS_PROFILE        cargo profile: dev (default: the build `make test` already made;
+#                        dependencies are optimised) or release (a separate, long build)
 #   CHAOS_LOG_DIR        where engine logs and summary.txt go (default: a new dir under /tmp)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 : "${CARGO_TARGET_DIR:?source scripts/env.sh first}"
 
-PROFILE="${CHAOS_PROFILE:-release}"
+PROFILE="${CHAOS_PROFILE:-dev}"
 export CHAOS_TX="${CHAOS_TX:-1000000}"
 export CHAOS_KILLS="${CHAOS_KILLS:-20}"
 export CHAOS_HOSTILE_EVERY="${CHAOS_HOSTILE_EVERY:-100}"
