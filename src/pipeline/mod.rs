@@ -745,16 +745,12 @@ async fn drop_duplicates(
     for s in std::mem::take(&mut work.txs) {
         let id = s.tx.tx_id.as_str();
         if decided.contains(id) || recent.ids.contains(id) || !seen.insert(id.to_owned()) {
-            work.dead_letters.push(DeadLetter {
-                topic: shared.provenance.source_topic.clone(),
-                partition: s.partition,
-                offset: s.offset,
-                reason: format!("duplicate tx_id {:?}: already decided", s.tx.tx_id),
-                kind: "duplicate",
-                key: Some(s.tx.card_id.clone().into_bytes()),
-                payload: Some(s.tx.encode()),
-                truncated_from: None,
-            });
+            work.dead_letters.push(DeadLetter::duplicate(
+                &shared.provenance.source_topic,
+                s.partition,
+                s.offset,
+                &s.tx,
+            ));
         } else {
             kept.push(s);
         }

@@ -294,6 +294,29 @@ pub struct DeadLetter {
     pub truncated_from: Option<usize>,
 }
 
+impl DeadLetter {
+    /// A transaction whose tx_id is already decided (from another offset).
+    /// The pipeline finds most before featurizing; the sink's insert is the
+    /// second line of defence. Both say it the same way.
+    pub fn duplicate(
+        topic: &str,
+        partition: i32,
+        offset: i64,
+        tx: &crate::event::Transaction,
+    ) -> DeadLetter {
+        DeadLetter {
+            topic: topic.to_owned(),
+            partition,
+            offset,
+            reason: format!("duplicate tx_id {:?}: already decided", tx.tx_id),
+            kind: "duplicate",
+            key: Some(tx.card_id.clone().into_bytes()),
+            payload: Some(tx.encode()),
+            truncated_from: None,
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct LabelRow {
     pub label: crate::event::Label,
@@ -539,16 +562,12 @@ async fn insert_decided(
         if inserted.contains(&d.tx.tx_id) && seen.insert(d.tx.tx_id.as_str()) {
             fresh.push(*d);
         } else {
-            dead.push(DeadLetter {
-                topic: p.source_topic.clone(),
-                partition: d.partition,
-                offset: d.offset,
-                reason: format!("duplicate tx_id {:?}: already decided", d.tx.tx_id),
-                kind: "duplicate",
-                key: Some(d.tx.card_id.clone().into_bytes()),
-                payload: Some(d.tx.encode()),
-                truncated_from: None,
-            });
+            dead.push(DeadLetter::duplicate(
+                &p.source_topic,
+                d.partition,
+                d.offset,
+                &d.tx,
+            ));
             written.duplicates += 1;
         }
     }
