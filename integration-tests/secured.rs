@@ -215,6 +215,40 @@ async fn engine_runs_against_a_sasl_ssl_broker() {
     world.drop_database().await;
 }
 
+/// A wrong password is not a broker that is still starting: the engine
+/// used to retry it forever (its start-up wait saw only timeouts). It must
+/// exit non-zero, say the brokers refused it, and never print the password.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_sasl_login_fails_start_up_with_its_cause() {
+    let world = World::new("sasl_refused", 1).await;
+    let config_path = world.dir.path().join("refused.toml");
+    let wrong = "wrong-password-c4f1";
+    std::fs::write(
+        &config_path,
+        secured_config(&world, 1).replace(&scram_password(), wrong),
+    )
+    .unwrap();
+    let mut engine = Engine::start(&config_path, &world.dir.path().join("engine-refused.log"));
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    let status = loop {
+        if let Some(s) = engine.child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "still retrying a refused login:\n{}",
+            engine.log_tail()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let log = engine.log_tail();
+    assert!(!status.success(), "exit code must be non-zero: {status}");
+    assert!(log.contains("refused"), "the cause is named:\n{log}");
+    let whole = std::fs::read_to_string(&engine.log).unwrap();
+    assert!(!whole.contains(wrong), "the password never reaches the log");
+    world.drop_database().await;
+}
+
 async fn ssl_of(c: &mut PgConnection) -> bool {
     sqlx::query_scalar("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()")
         .fetch_one(c)

@@ -100,7 +100,10 @@ pub struct PipelineConfig {
     pub batch_max_rows: usize,
     /// ...or this long after its first row, whichever comes first.
     pub batch_max_wait_ms: u64,
-    /// Rows buffered between ingest and featurization; bounds memory.
+    /// Rows buffered between ingest and featurization; bounds memory. While
+    /// a batch waits for the watermark, a partition holding more than half
+    /// of this is paused, so at most `partitions × capacity / 2 + capacity`
+    /// decoded rows wait.
     pub channel_capacity_rows: usize,
     /// Blocking threads running ONNX Runtime sessions, one session each.
     pub scoring_workers: usize,

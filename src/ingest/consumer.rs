@@ -23,6 +23,11 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 /// owner go ahead (the epoch fence keeps it correct even then).
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// How long a claim rides out a Postgres outage inside the rebalance
+/// callback: well inside librdkafka's `max.poll.interval.ms` (5 minutes),
+/// so the consumer keeps its group membership meanwhile.
+const CLAIM_PATIENCE: Duration = Duration::from_secs(120);
+
 /// The rebalance protocol: on revoke, drain the pipeline; on assign, claim
 /// the partitions in Postgres (bumping their epochs) and start each at its
 /// committed offset.
@@ -106,6 +111,30 @@ impl Rebalancer {
         }
     }
 
+    /// A Postgres call from the rebalance callback, retried with backoff
+    /// while Postgres is unreachable (up to [`CLAIM_PATIENCE`]), so a
+    /// rebalance during an outage waits for it instead of stopping the consumer.
+    fn patiently<T, F, Fut>(&self, what: &str, mut call: F) -> Result<T, sink::SinkError>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<T, sink::SinkError>>,
+    {
+        let deadline = std::time::Instant::now() + CLAIM_PATIENCE;
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            match self.runtime.block_on(call()) {
+                Ok(v) => return Ok(v),
+                Err(e) if e.is_transient() && std::time::Instant::now() + backoff < deadline => {
+                    self.health.sink_failed(&format!("{what}: {e}"));
+                    tracing::warn!(error = %e, ?backoff, "{what} failed; retrying");
+                    std::thread::sleep(backoff);
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
     fn assign(
         &self,
         consumer: &BaseConsumer<Self>,
@@ -122,18 +151,12 @@ impl Rebalancer {
         let mut clocks = Vec::new();
         let mut stream_clock = None;
         for (topic, partitions) in &by_topic {
-            let claims = self.runtime.block_on(sink::claim_partitions(
-                &self.pool,
-                &self.group,
-                topic,
-                partitions,
-                &self.owner,
-            ))?;
-            stream_clock = stream_clock.max(self.runtime.block_on(sink::stream_clock(
-                &self.pool,
-                &self.group,
-                topic,
-            ))?);
+            let claims = self.patiently("claiming partitions", || {
+                sink::claim_partitions(&self.pool, &self.group, topic, partitions, &self.owner)
+            })?;
+            stream_clock = stream_clock.max(self.patiently("reading the stream clock", || {
+                sink::stream_clock(&self.pool, &self.group, topic)
+            })?);
             for c in claims {
                 let offset = c.next_offset.map_or(Offset::Beginning, Offset::Offset);
                 tpl.set_partition_offset(topic, c.partition, offset)?;

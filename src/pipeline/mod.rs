@@ -51,6 +51,8 @@ pub enum EngineError {
     Features(#[from] polars::error::PolarsError),
     #[error("merchant language model: {0}")]
     LanguageModel(#[from] crate::models::ModelError),
+    #[error("kafka topics: {0}")]
+    Topics(#[from] ingest::topics::TopicsError),
     #[error("{0}")]
     Other(String),
 }
@@ -167,7 +169,6 @@ pub async fn run(
             ],
         )
         .await
-        .map_err(|e| EngineError::Other(e.to_string()))
     })
     .await?;
     let provenance = Provenance {
@@ -375,18 +376,14 @@ where
 }
 
 impl EngineError {
-    /// A dependency that may come up: connection errors and Kafka errors
-    /// at start-up. Bad credentials, schema or data are not.
+    /// A dependency that may come up: connection errors and Kafka's
+    /// not-reachable-yet codes at start-up. Bad credentials, certificates,
+    /// schema or data are not.
     fn is_transient(&self) -> bool {
         match self {
             EngineError::Sink(e) => e.is_transient(),
-            EngineError::Kafka(_) => true,
-            EngineError::Other(m) => {
-                m.contains("BrokerTransportFailure")
-                    || m.contains("AllBrokersDown")
-                    || m.contains("timed out")
-                    || m.contains("Timed out")
-            }
+            EngineError::Topics(e) => e.is_transient(),
+            EngineError::Kafka(e) => e.rdkafka_error_code().is_none_or(ingest::topics::transient),
             _ => false,
         }
     }
@@ -588,12 +585,14 @@ async fn featurize_stage(
                         }
                     }
                 }
-                let full = if blocked_since.is_some() {
-                    p.channel_capacity_rows
-                } else {
-                    p.batch_max_rows
-                };
-                if pending.len() >= full {
+                // While blocked on the watermark there is no row cap: the
+                // partitions ahead are paused once each holds half the
+                // channel's capacity, which bounds what arrives, and the
+                // lagging partition's records, queued in the channel
+                // behind theirs, must get through. (With a cap, a blocked
+                // stage read one record per watermark check: a livelock
+                // seen in the 1M bench when one partition fell behind.)
+                if blocked_since.is_none() && pending.len() >= p.batch_max_rows {
                     break;
                 }
             }

@@ -1,0 +1,78 @@
+#!/usr/bin/env bash
+# A/B throughput of riskstream builds on the same pre-loaded stream, in one
+# run (the quick check beside `make bench`, which stays the record):
+#
+#   bench/ab.sh N LABEL=BINARY:DIR [LABEL=BINARY:DIR ...]
+#
+# N simulated transactions are produced once (by the first binary, from its
+# DIR, so an older build reads the stream it was written for); then each
+# binary, started in its DIR (where its config/ and migrations are),
+# consumes all of them into a fresh database of its own, one after the
+# other. Prints wall time, CPU seconds and tx/s per label; logs go to
+# bench/.out/ab-LABEL.log. An older build is made with e.g.
+#   git worktree add /tmp/base <commit> && (cd /tmp/base && cargo build --release)
+# (sharing CARGO_TARGET_DIR: copy each binary out before building the next).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+: "${KAFKA_BROKERS:?source scripts/env.sh first}"
+(( $# >= 2 )) || { echo "usage: $0 N LABEL=BINARY:DIR ..." >&2; exit 2; }
+N=$1
+shift
+PY=$PWD/.venv/bin/python
+OUT=$PWD/bench/.out
+PSQL=(psql -q -X -v ON_ERROR_STOP=1 -h 127.0.0.1 -p 55432 -U postgres)
+PREFIX="ab$(date +%s)"
+mkdir -p "$OUT"
+
+"$PY" - "$PREFIX" 4 "$KAFKA_BROKERS" <<'PY'
+import sys
+from confluent_kafka.admin import AdminClient, NewTopic
+prefix, partitions, brokers = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+config = {"message.timestamp.type": "LogAppendTime"}
+topics = [NewTopic(f"{prefix}.transactions", partitions, 1, config=config),
+          NewTopic(f"{prefix}.labels", 1, 1, config=config),
+          NewTopic(f"{prefix}.transactions.dlq", 1, 1, config=config)]
+admin = AdminClient({"bootstrap.servers": brokers})
+for future in admin.create_topics(topics).values():
+    future.result()
+PY
+
+# env_for GROUP DB BINARY: the stock config pointed at the topics, GROUP and DB.
+# migrate_url only where the build knows it (older ones refuse unknown keys).
+env_for() {
+  ENV=(RISKSTREAM_KAFKA__TRANSACTIONS_TOPIC="$PREFIX.transactions" RISKSTREAM_KAFKA__LABELS_TOPIC="$PREFIX.labels"
+       RISKSTREAM_KAFKA__DLQ_TOPIC="$PREFIX.transactions.dlq" RISKSTREAM_KAFKA__PARTITIONS=4
+       RISKSTREAM_KAFKA__GROUP_ID="$1" RISKSTREAM_POSTGRES__URL="postgres://postgres@127.0.0.1:55432/$2"
+       RISKSTREAM_MODEL__DIR="$PWD/models/fraud-attention" RISKSTREAM_SERVER__LISTEN=127.0.0.1:9466)
+  if grep -q migrate_url "$3"; then
+    ENV+=(RISKSTREAM_POSTGRES__MIGRATE_URL="postgres://postgres@127.0.0.1:55432/$2")
+  fi
+}
+
+first=${1#*=}
+env_for "$PREFIX-simulator" unused "${first%%:*}"
+(cd "${first#*:}" && env "${ENV[@]}" "${first%%:*}" simulate --transactions "$N" --seed 1 >&2)
+
+for spec in "$@"; do
+  label=${spec%%=*} rest=${spec#*=}
+  bin=${rest%%:*} dir=${rest#*:} db="ab_${spec%%=*}"
+  "${PSQL[@]}" -d riskstream -c "DROP DATABASE IF EXISTS $db WITH (FORCE)" -c "CREATE DATABASE $db" 2>/dev/null
+  env_for "$PREFIX-$label" "$db" "$bin"
+  (cd "$dir" && env "${ENV[@]}" "$bin" migrate >/dev/null)
+  start=$(date +%s.%N)
+  (cd "$dir" && exec env "${ENV[@]}" "$bin" run 2>"$OUT/ab-$label.log") &
+  pid=$!
+  done=0
+  while (( done < N )); do
+    sleep 0.2
+    kill -0 "$pid" || { tail "$OUT/ab-$label.log" >&2; exit 1; }
+    done=$("${PSQL[@]}" -d "$db" -tA -c "SELECT coalesce(sum(next_offset), 0) FROM kafka_offsets
+                                         WHERE topic = '$PREFIX.transactions'" 2>/dev/null || echo 0)
+  done
+  end=$(date +%s.%N)
+  cpu=$(awk -v t="$(getconf CLK_TCK)" '{ print ($14 + $15) / t }' "/proc/$pid/stat")
+  kill -TERM "$pid"
+  wait "$pid" || true
+  awk -v l="$label" -v a="$start" -v b="$end" -v n="$N" -v c="$cpu" \
+    'BEGIN { printf "%s: %d tx in %.1f s wall, %.1f s CPU, %.0f tx/s\n", l, n, b - a, c, n / (b - a) }'
+done
