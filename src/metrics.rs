@@ -37,6 +37,7 @@ pub struct Metrics {
     pub batch_rows: Histogram,
     /// Sink transactions retried after a transient Postgres error.
     pub sink_retries: IntCounter,
+    pub stale_batches: IntCounter,
     /// Batches scored before the terminal/label watermark was reached.
     pub incomplete_state: IntCounter,
     /// Records read but not yet committed (consumed − committed).
@@ -116,6 +117,11 @@ impl Metrics {
                 "Sink transactions retried",
             )
             .unwrap(),
+            stale_batches: IntCounter::new(
+                "riskstream_stale_batches_total",
+                "Batches dropped at commit because their partitions were claimed again since (replayed by the new claim)",
+            )
+            .unwrap(),
             incomplete_state: IntCounter::new(
                 "riskstream_incomplete_state_batches_total",
                 "Batches scored before the watermark",
@@ -157,6 +163,9 @@ impl Metrics {
         m.registry.register(Box::new(m.batch_rows.clone())).unwrap();
         m.registry
             .register(Box::new(m.sink_retries.clone()))
+            .unwrap();
+        m.registry
+            .register(Box::new(m.stale_batches.clone()))
             .unwrap();
         m.registry
             .register(Box::new(m.incomplete_state.clone()))

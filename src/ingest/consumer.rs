@@ -190,6 +190,26 @@ pub struct ConsumerHandle {
     pub thread: std::thread::JoinHandle<()>,
     /// Set when the consumer stopped because of an error.
     pub failed: Arc<Mutex<Option<String>>>,
+    /// What this consumer holds now.
+    pub claims: Claims,
+}
+
+/// The partitions a consumer holds now, with the epoch of its claim on each.
+#[derive(Clone, Default)]
+pub struct Claims(Arc<Mutex<HashMap<(String, i32), i64>>>);
+
+impl Claims {
+    /// A batch claimed under `epoch` is stale when this consumer no longer
+    /// holds the partition, or holds it under a newer claim of its own (a
+    /// rebalance came between): its partition's owner replays it from the
+    /// committed offset.
+    pub fn is_stale(&self, topic: &str, partition: i32, epoch: i64) -> bool {
+        self.0
+            .lock()
+            .expect("lock")
+            .get(&(topic.to_owned(), partition))
+            .is_none_or(|held| *held > epoch)
+    }
 }
 
 /// Partitions the pipeline wants paused: it holds more of their records than
@@ -268,6 +288,7 @@ pub fn spawn_consumer(
     consumer.subscribe(&topics)?;
     let labels_topic = sub.labels_topic.clone();
     let thread_failed = failed.clone();
+    let claims = Claims(epochs.clone());
     let thread = std::thread::Builder::new()
         .name("kafka-consumer".into())
         .spawn(move || {
@@ -339,7 +360,11 @@ pub fn spawn_consumer(
             }
         })
         .expect("spawn consumer thread");
-    Ok(ConsumerHandle { thread, failed })
+    Ok(ConsumerHandle {
+        thread,
+        failed,
+        claims,
+    })
 }
 
 /// Wait for `bytes` of the in-flight budget (see [`budget`]); `None` once
@@ -417,4 +442,23 @@ fn apply_pauses(
         }
     }
     paused.retain(|p| owned.contains(p));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_batch_is_stale_once_its_claim_is_gone_or_superseded() {
+        let claims = Claims::default();
+        assert!(claims.is_stale("t", 0, 3), "not held at all");
+        claims.0.lock().unwrap().insert(("t".into(), 0), 3);
+        assert!(
+            !claims.is_stale("t", 0, 3),
+            "held under the batch's own claim"
+        );
+        assert!(claims.is_stale("t", 0, 2), "claimed again since");
+        assert!(claims.is_stale("t", 1, 3), "another partition");
+        assert!(claims.is_stale("u", 0, 3), "another topic");
+    }
 }

@@ -11,7 +11,7 @@ pub mod client;
 mod consumer;
 pub mod topics;
 
-pub use consumer::{budget, spawn_consumer, ConsumerHandle, PauseRequests, Subscription};
+pub use consumer::{budget, spawn_consumer, Claims, ConsumerHandle, PauseRequests, Subscription};
 
 use std::sync::mpsc as std_mpsc;
 

@@ -182,7 +182,14 @@ pub async fn run(
     let dlq = DeadLetterTopic {
         producer: ingest::client::base(k)
             .set("enable.idempotence", "true")
-            .set("message.timeout.ms", "30000")
+            // Below the group session timeout: a publish waiting on a broker
+            // that is down fails (and the batch's transaction, holding its
+            // offset rows, rolls back and is retried) before the group
+            // rebalances around it.
+            .set(
+                "message.timeout.ms",
+                (k.session_timeout_ms / 2).max(5_000).to_string(),
+            )
             .create()?,
         topic: k.dlq_topic.clone(),
     };
@@ -484,7 +491,13 @@ fn spawn_pipeline(
         ),
     ];
     stages.extend(surprise);
-    let sink = tokio::spawn(sink_stage(shared.clone(), group, dlq, scored_rx));
+    let sink = tokio::spawn(sink_stage(
+        shared.clone(),
+        group,
+        dlq,
+        consumer.claims.clone(),
+        scored_rx,
+    ));
     Ok(Pipeline {
         consumer,
         stages,
@@ -916,6 +929,7 @@ async fn sink_stage(
     shared: Arc<Shared>,
     group: String,
     dlq: Arc<DeadLetterTopic>,
+    claims: ingest::Claims,
     mut input: mpsc::Receiver<Item>,
 ) -> Result<RunSummary, EngineError> {
     let mut summary = RunSummary::default();
@@ -929,7 +943,15 @@ async fn sink_stage(
         };
         let t = Instant::now();
         let batch = decide(&shared, &work);
-        let written = commit(&shared, &group, dlq.as_ref(), &batch).await?;
+        let Some(written) = commit(&shared, &group, dlq.as_ref(), &claims, &batch).await? else {
+            // Stale: its rows are not committed, and the barrier of the
+            // revocation that made it stale follows it.
+            shared
+                .metrics
+                .in_flight
+                .sub((work.txs.len() + work.labels.len() + work.dead_letters.len()) as i64);
+            continue;
+        };
         let m = &shared.metrics;
         for d in &batch.decisions {
             m.decided.with_label_values(&[d.decision.as_str()]).inc();
@@ -987,17 +1009,38 @@ async fn commit(
     shared: &Shared,
     group: &str,
     dlq: &DeadLetterTopic,
+    claims: &ingest::Claims,
     batch: &SinkBatch,
-) -> Result<sink::Written, EngineError> {
+) -> Result<Option<sink::Written>, EngineError> {
     let mut backoff = Duration::from_millis(100);
     let mut mode = sink::Mode::Bulk;
     loop {
         let attempt =
             sink::write_batch(&shared.pool, group, &shared.provenance, batch, dlq, mode).await;
         let e = match attempt {
-            Ok(w) => return Ok(w),
+            Ok(w) => return Ok(Some(w)),
             Err(e) => e,
         };
+        // Fenced by a rebalance this consumer has seen (e.g. its session
+        // expired while the broker restarted, and it or another instance
+        // claimed the partition again): nothing of the batch landed, and
+        // the partition's owner replays it from the committed offset. A
+        // fence on a partition still held under the batch's own claim means
+        // another instance took it unseen: this instance's state is wrong.
+        // Every partition of the batch must be stale (a revocation takes
+        // them all: the assignment is eager), or a partition still held
+        // would lose the batch's rows under later commits.
+        let stale = || {
+            batch
+                .offsets
+                .iter()
+                .all(|o| claims.is_stale(&o.topic, o.partition, o.epoch))
+        };
+        if matches!(e, SinkError::Fenced { .. }) && stale() {
+            shared.metrics.stale_batches.inc();
+            tracing::info!(error = %e, rows = batch.decisions.len(), "batch of partitions claimed again since dropped; their owners replay it");
+            return Ok(None);
+        }
         match (e.failure(), mode) {
             (Failure::Retry, _) => {
                 shared.metrics.sink_retries.inc();
