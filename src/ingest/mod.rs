@@ -9,9 +9,11 @@
 
 pub mod client;
 mod consumer;
+mod dead_letters;
 pub mod topics;
 
 pub use consumer::{budget, spawn_consumer, Claims, ConsumerHandle, PauseRequests, Subscription};
+pub use dead_letters::DeadLetterTopic;
 
 use std::sync::mpsc as std_mpsc;
 

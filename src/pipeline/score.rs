@@ -1,0 +1,68 @@
+//! Scoring: the merchant language model's surprise (when configured) and
+//! the fraud model, both on ONNX Runtime's blocking pool.
+
+use super::{EngineError, Item, Shared};
+use crate::models::lm::MerchantLm;
+use std::sync::Arc;
+use std::time::Instant;
+use tokio::sync::mpsc;
+use tracing::Instrument;
+
+/// The merchant language model's surprise at each row's MCC, on the blocking
+/// pool. Rows are padded to the model's full window, so a value does not
+/// depend on how the stream was cut into batches (the crash tests compare
+/// stored features byte for byte).
+pub(super) async fn surprise_stage(
+    shared: Arc<Shared>,
+    lm: Arc<MerchantLm>,
+    mut input: mpsc::Receiver<Item>,
+    out: mpsc::Sender<Item>,
+) -> Result<(), EngineError> {
+    while let Some(mut item) = input.recv().await {
+        if let Item::Batch(work) = &mut item {
+            if let Some(features) = work.features.clone() {
+                let t = Instant::now();
+                let span = tracing::debug_span!("surprise", rows = features.rows);
+                work.mcc_surprise = Some(lm.surprise(features).instrument(span).await?);
+                shared
+                    .metrics
+                    .stage_seconds
+                    .with_label_values(&["surprise"])
+                    .observe(t.elapsed().as_secs_f64());
+            }
+        }
+        if out.send(item).await.is_err() {
+            break;
+        }
+    }
+    Ok(())
+}
+
+/// Score each batch through the ONNX Runtime session pool.
+pub(super) async fn score_stage(
+    shared: Arc<Shared>,
+    mut input: mpsc::Receiver<Item>,
+    out: mpsc::Sender<Item>,
+) -> Result<(), EngineError> {
+    while let Some(mut item) = input.recv().await {
+        if let Item::Batch(work) = &mut item {
+            if let Some(features) = work.features.clone() {
+                let t = Instant::now();
+                work.scored = shared.scorer.score(features).await?;
+                shared
+                    .metrics
+                    .model_seconds
+                    .observe(t.elapsed().as_secs_f64());
+                shared
+                    .metrics
+                    .stage_seconds
+                    .with_label_values(&["score"])
+                    .observe(t.elapsed().as_secs_f64());
+            }
+        }
+        if out.send(item).await.is_err() {
+            break;
+        }
+    }
+    Ok(())
+}
