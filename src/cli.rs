@@ -25,13 +25,13 @@ pub async fn run(config: &Config) -> Result<ExitCode> {
     let health = Arc::new(crate::health::Health::new(stall_ms, 60_000));
     if !config.server.listen.is_empty() {
         let addr = config.server.listen.parse().context("server.listen")?;
-        let state = serve::Health {
+        let state = crate::health::http::Endpoints {
             metrics: metrics.clone(),
             health: health.clone(),
         };
         let token = shutdown.clone();
         tokio::spawn(async move {
-            if let Err(e) = serve::serve(addr, state, token).await {
+            if let Err(e) = crate::health::http::serve(addr, state, token).await {
                 tracing::error!(error = %e, "metrics server failed");
             }
         });

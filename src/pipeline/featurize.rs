@@ -42,9 +42,16 @@ pub(super) async fn featurize_stage(
     let mut dropping = false;
     let mut input_open = true;
     loop {
+        // The consumer pauses the partitions holding more than half the
+        // buffer, so a lagging partition's records can come through. This
+        // must reflect what is held *now*, before any wait for input: with
+        // every partition paused from before the last featurization, an
+        // idle stage would wait forever (found by the 1M chaos run's
+        // fault-free baseline, frozen at 547k records).
+        pauses.set(pending.partitions_over(p.channel_capacity_rows / 2));
         // Read: wait for work when there is none, then take whatever else
-        // arrives within a batch's wait, up to a batch (or, while blocked,
-        // the buffer cap).
+        // arrives within a batch's wait, up to a batch (while blocked on
+        // the watermark, without a row cap; the pauses bound it).
         let mut barrier = None;
         if input_open {
             let idle = pending.is_empty() && blocked_since.is_none();

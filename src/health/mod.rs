@@ -9,6 +9,9 @@
 //! the stall bound, or batches have been scored with incomplete terminal
 //! state for longer than its bound. Stages report into it; it never
 //! blocks them (atomics only, and a mutex for the last error text).
+//! [`http`] serves it, with the metrics.
+
+pub mod http;
 
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::Mutex;

@@ -1,14 +1,9 @@
 //! The operator's HTTP surface: `/metrics` (Prometheus), `/healthz`
-//! (liveness) and `/readyz` (readiness, with its reasons; see [`crate::health`]).
+//! (liveness) and `/readyz` (readiness, with its reasons; see [`super`]).
 //!
 //! Read-only and cheap; it never touches the pipeline's state beyond the
-//! shared metrics and health.
-//!
-//! Model serving (`riskstream serve`, the Open Inference Protocol v2) lives
-//! in [`v2`] with its wire format in [`protocol`].
-
-pub mod protocol;
-pub mod v2;
+//! shared metrics and health. (Model serving, `riskstream serve`, is
+//! [`crate::serve`].)
 
 use crate::metrics::Metrics;
 use axum::{extract::State, http::StatusCode, routing::get, Router};
@@ -16,24 +11,24 @@ use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 
 #[derive(Clone)]
-pub struct Health {
+pub struct Endpoints {
     pub metrics: Arc<Metrics>,
-    pub health: Arc<crate::health::Health>,
+    pub health: Arc<super::Health>,
 }
 
 pub async fn serve(
     addr: std::net::SocketAddr,
-    state: Health,
+    state: Endpoints,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
     let app = Router::new()
         .route(
             "/metrics",
-            get(|State(s): State<Health>| async move { s.metrics.render() }),
+            get(|State(s): State<Endpoints>| async move { s.metrics.render() }),
         )
         .route(
             "/healthz",
-            get(|State(s): State<Health>| async move {
+            get(|State(s): State<Endpoints>| async move {
                 match s.health.live() {
                     Ok(()) => (StatusCode::OK, "ok\n".to_string()),
                     Err(e) => (StatusCode::SERVICE_UNAVAILABLE, format!("failed: {e}\n")),
@@ -42,7 +37,7 @@ pub async fn serve(
         )
         .route(
             "/readyz",
-            get(|State(s): State<Health>| async move {
+            get(|State(s): State<Endpoints>| async move {
                 match s.health.ready() {
                     Ok(()) => (StatusCode::OK, "ready\n".to_string()),
                     Err(why) => (
