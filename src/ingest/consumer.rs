@@ -91,8 +91,14 @@ impl ConsumerContext for Rebalancer {
             RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
                 self.revoking.store(true, Ordering::Relaxed);
                 self.paused.lock().expect("lock").clear();
-                self.drain();
+                // The claims go first: a batch of these partitions that is
+                // fenced while the drain waits (the session expired, e.g.
+                // during a broker restart, and another instance has claimed
+                // them already) is stale, not a sign this instance is lost.
+                // (Seen in the chaos run: the commit was fenced 1 s before the
+                // drain's timeout, and the instance exited.)
                 self.epochs.lock().expect("lock").clear();
+                self.drain();
                 let _ = consumer.unassign();
                 tracing::info!(partitions = tpl.count(), "partitions revoked");
             }
