@@ -777,6 +777,13 @@ class Baseline:
         self.cards.forget_old(days.max())
         return txs, features, complete
 
+    def insert_decisions(self, cur: psycopg.Cursor, stage: pl.DataFrame) -> set[tuple[int, int]]:
+        """The batch's decision_stage rows into risk_decisions and attention_explanations, tx_ids
+        already decided skipped; the (partition, offset) of each row inserted."""
+        with cur.copy(f"COPY decision_stage ({', '.join(stage.columns)}) FROM STDIN (FORMAT csv)") as copy:
+            copy.write(stage.write_csv(include_header=False))
+        return set(cur.execute(INSERT_DECISIONS, self.provenance).fetchall())
+
     def write(self, b: Batch, txs: pl.DataFrame, x: Features | None, scored, complete: bool) -> int:
         """Everything the batch produced and its offsets, in one transaction. Returns decisions written."""
         dead = list(b.dead_letters)
@@ -784,10 +791,7 @@ class Baseline:
         with self.db.transaction(), self.db.cursor() as cur:
             if b.txs:
                 decisions = self.thresholds.decide(scored[0], txs["channel"].to_list())
-                stage = decision_stage(txs, x, scored, decisions, complete)
-                with cur.copy(f"COPY decision_stage ({', '.join(stage.columns)}) FROM STDIN (FORMAT csv)") as copy:
-                    copy.write(stage.write_csv(include_header=False))
-                fresh = set(cur.execute(INSERT_DECISIONS, self.provenance).fetchall())
+                fresh = self.insert_decisions(cur, decision_stage(txs, x, scored, decisions, complete))
                 written = len(fresh)
                 for tx in b.txs:
                     if (tx["partition"], tx["offset"]) not in fresh:
@@ -858,8 +862,9 @@ class Baseline:
         }
 
 
-def main():
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def arg_parser(description: str | None = __doc__) -> argparse.ArgumentParser:
+    """This script's command line (bench/per_message.py adds to it)."""
+    ap = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--brokers", default="127.0.0.1:39092")
     ap.add_argument("--group", default="riskstream-python-baseline")
     ap.add_argument("--topic-prefix", help="read PREFIX.transactions and PREFIX.labels")
@@ -872,10 +877,19 @@ def main():
                     help="the engine's config: batch size and wait, thresholds, label delay")
     ap.add_argument("--idle-exit-seconds", type=float, default=10.0,
                     help="stop after this long without records (0: run until a signal)")
+    return ap
+
+
+def parse_args(ap: argparse.ArgumentParser) -> argparse.Namespace:
     args = ap.parse_args()
     if args.topic_prefix:
         args.transactions_topic = f"{args.topic_prefix}.transactions"
         args.labels_topic = f"{args.topic_prefix}.labels"
+    return args
+
+
+def main():
+    args = parse_args(arg_parser())
     try:
         summary = Baseline(args).run()
     except KafkaException as e:

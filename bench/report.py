@@ -8,6 +8,8 @@ not run this time are left from an earlier run, whose commit each section names)
   throughput-python.summary.json      the baseline's own summary, with its stage timings
   latency-{engine,python}.json        latency percentiles, from Postgres commit timestamps
   run-{engine,python}.json            the commit, time and command of the run that wrote them
+  *-python-naive.*                    the same for bench/per_message.py (BENCH_SYSTEMS=python-naive,
+                                      not run by default); shown only when present
   serve.json                          bench/serve_bench.py: `riskstream serve` per model vs in-process ORT
 """
 
@@ -29,7 +31,9 @@ import psycopg
 
 ROOT = Path(__file__).resolve().parent.parent
 SYSTEMS = ("engine", "python")
-NAMES = {"engine": "riskstream (Rust)", "python": "Python baseline"}
+# bench/per_message.py, the baseline one record at a time: shown beside them when its results exist.
+NAIVE = "python-naive"
+NAMES = {"engine": "riskstream (Rust)", "python": "Python baseline", NAIVE: "Python per message (naive)"}
 NAN = float("nan")
 
 
@@ -119,32 +123,41 @@ def ratio(a: float | None, b: float | None) -> str:
     return f"{a / b:.1f}×" if a >= b else f"{a / b:.2f}×"
 
 
-def results_table(t: dict, lat: dict, at_rate: str) -> list[str]:
+def results_table(t: dict, lat: dict, at_rate: str, systems: tuple[str, ...] = SYSTEMS) -> list[str]:
+    """Engine and baseline, with the engine's advantage; then, when in `systems`, the
+    per-message consumer with the engine's advantage over it."""
     def per_s(s, key):
         r = t.get(s)
         return r["rows_committed"] / r[key] if r and r[key] > 0 else None
 
-    sustained = {s: per_s(s, "first_to_last_commit_seconds") for s in SYSTEMS}
-    overall = {s: per_s(s, "wall_seconds") for s in SYSTEMS}
-    cpu = {s: 1e6 * t[s]["cpu_seconds"] / t[s]["transactions"] if t.get(s) else None for s in SYSTEMS}
-    rss = {s: t[s]["peak_rss_mb"] if t.get(s) else None for s in SYSTEMS}
-    lat_ms = {(s, k): lat[s][k] if lat.get(s) else None for s in SYSTEMS for k in ("p50_ms", "p99_ms", "max_ms")}
+    sustained = {s: per_s(s, "first_to_last_commit_seconds") for s in systems}
+    overall = {s: per_s(s, "wall_seconds") for s in systems}
+    cpu = {s: 1e6 * t[s]["cpu_seconds"] / t[s]["transactions"] if t.get(s) else None for s in systems}
+    rss = {s: t[s]["peak_rss_mb"] if t.get(s) else None for s in systems}
+    lat_ms = {(s, k): lat[s][k] if lat.get(s) else None for s in systems for k in ("p50_ms", "p99_ms", "max_ms")}
+    others = [s for s in systems if s != "engine"]
 
     def row(label, values, digits=0, better="higher"):
-        e, p = values["engine"], values["python"]
-        gain = ratio(e, p) if better == "higher" else ratio(p, e)
-        return f"| {label} | {fmt(e, digits)} | {fmt(p, digits)} | {gain} |"
+        e = values["engine"]
+        cells = []
+        for s in others:
+            gain = ratio(e, values[s]) if better == "higher" else ratio(values[s], e)
+            cells += [fmt(values[s], digits), gain]
+        return f"| {label} | {fmt(e, digits)} | {' | '.join(cells)} |"
 
+    header = f"| | {NAMES['engine']} | {NAMES['python']} | engine advantage |"
+    if NAIVE in others:
+        header += f" {NAMES[NAIVE]} | engine advantage over it |"
     return [
-        f"| | {NAMES['engine']} | {NAMES['python']} | engine advantage |",
-        "|---|---:|---:|---:|",
+        header,
+        "|---|---:|" + "---:|---:|" * len(others),
         row("Decisions/s, sustained (first to last commit)", sustained),
         row("Decisions/s, overall (process start to last commit)", overall),
         row("CPU ms per 1k transactions (process user+sys)", cpu, 1, "lower"),
         row("Peak RSS, MiB", rss, 0, "lower"),
-        row(f"Latency p50{at_rate}, ms", {s: lat_ms[s, "p50_ms"] for s in SYSTEMS}, 1, "lower"),
-        row(f"Latency p99{at_rate}, ms", {s: lat_ms[s, "p99_ms"] for s in SYSTEMS}, 1, "lower"),
-        row(f"Latency max{at_rate}, ms", {s: lat_ms[s, "max_ms"] for s in SYSTEMS}, 1, "lower"),
+        row(f"Latency p50{at_rate}, ms", {s: lat_ms[s, "p50_ms"] for s in systems}, 1, "lower"),
+        row(f"Latency p99{at_rate}, ms", {s: lat_ms[s, "p99_ms"] for s in systems}, 1, "lower"),
+        row(f"Latency max{at_rate}, ms", {s: lat_ms[s, "max_ms"] for s in systems}, 1, "lower"),
     ]
 
 
@@ -154,26 +167,31 @@ def keeps_up(s: str, lat: dict | None) -> str:
     if not lat:
         return f"- {NAMES[s]}: not run."
     first, last = lat["p50_first_10s_ms"], lat["p50_last_10s_ms"]
+    if first is None or last is None:
+        # A run too short for a steady state (under 20 s of input) has no medians.
+        return f"- {NAMES[s]}: too short a latency run to tell (no 10 s windows of steady state)."
     verdict = "falls behind: its lag grows while the load lasts" if last > 1.5 * first + 100 else "keeps up"
     return (f"- {NAMES[s]}: {verdict} (median latency {fmt(first, 1)} ms over the first 10 s of the steady "
             f"state, {fmt(last, 1)} ms over the last 10 s of input; its last decision committed "
             f"{fmt(lat['drain_after_producer_s'], 1)} s after the producer finished).")
 
 
-def stages_table(title: str, stages: list[tuple[str, float]], rows: float) -> list[str]:
+def stages_table(title: str, stages: list[tuple[str, float]], rows: float | str, digits: int = 1) -> list[str]:
+    """`rows`: mean records per batch, or words saying what a batch is."""
     total = stages[-1][1]
-    lines = [f"**{title}** (mean {fmt(rows)} records per batch)", "", "| stage | ms per batch | share of total |",
+    per_batch = rows if isinstance(rows, str) else f"mean {fmt(rows)} records per batch"
+    lines = [f"**{title}** ({per_batch})", "", "| stage | ms per batch | share of total |",
              "|---|---:|---:|"]
-    lines += [f"| {name} | {fmt(ms, 1)} | {fmt(100 * ms / total)}% |" for name, ms in stages]
+    lines += [f"| {name} | {fmt(ms, digits)} | {fmt(100 * ms / total)}% |" for name, ms in stages]
     return lines + [""]
 
 
 def provenance(out: Path, systems: tuple[str, ...], commit: str) -> list[str]:
     """Which run each system's results come from (run-SYSTEM.json, else the files' dates)."""
     lines = []
-    older = (" — an earlier commit than this document's; `BENCH_SYSTEMS=\"engine python\" make bench` "
-             "refreshes it")
     for s in systems:
+        refresh = "BENCH_SYSTEMS=python-naive" if s == NAIVE else 'BENCH_SYSTEMS="engine python"'
+        older = f" — an earlier commit than this document's; `{refresh} make bench` refreshes it"
         run = load(out, f"run-{s}.json")
         files = sorted(out.glob(f"throughput-{s}.*")) + sorted(out.glob(f"latency-{s}.*"))
         if run:
@@ -190,26 +208,35 @@ def provenance(out: Path, systems: tuple[str, ...], commit: str) -> list[str]:
 
 
 def stack_section(out: Path, model_dir: Path, commit: str) -> list[str]:
-    """The engine against the Python baseline on Kafka and Postgres."""
-    t = {s: load(out, f"throughput-{s}.json") for s in SYSTEMS}
-    lat = {s: load(out, f"latency-{s}.json") for s in SYSTEMS}
-    runs = {s: load(out, f"run-{s}.json") for s in SYSTEMS}
+    """The engine against the Python baseline on Kafka and Postgres (and the
+    per-message consumer, when it has results)."""
+    has_naive = any(load(out, f"{kind}-{NAIVE}.json") for kind in ("throughput", "latency"))
+    systems = SYSTEMS + ((NAIVE,) if has_naive else ())
+    t = {s: load(out, f"throughput-{s}.json") for s in systems}
+    lat = {s: load(out, f"latency-{s}.json") for s in systems}
+    runs = {s: load(out, f"run-{s}.json") for s in systems}
     doc = ["## Streaming pipeline: engine vs Python baseline (`riskstream run`)", "",
-           *provenance(out, SYSTEMS, commit), ""]
+           *provenance(out, systems, commit), ""]
     if not any(t.values()) and not any(lat.values()):
         return doc
     py_summary = load(out, "throughput-python.summary.json")
+    naive_summary = load(out, f"throughput-{NAIVE}.summary.json") if has_naive else None
     metrics = out / "throughput-engine.metrics"
     manifest = json.loads((model_dir / "manifest.json").read_text())
-    n = next((r["transactions"] for r in t.values() if r), 0)
+    # The pre-loaded stream's size (python-naive consumes only the first `transactions` of it).
+    n = next((r.get("stream_transactions", r["transactions"]) for r in t.values() if r), 0)
+    naive_n = t[NAIVE]["transactions"] if t.get(NAIVE) else None
     rate = next((r["offered_rate"] for r in lat.values() if r), None)
     at_rate = f" at {rate:,} tx/s" if rate else ""
     lat_n = next((r["transactions"] for r in lat.values() if r), 0)
-    command = next((r["command"] for r in runs.values() if r),
-                   f"BENCH_TRANSACTIONS={n} BENCH_LATENCY_TRANSACTIONS={lat_n} BENCH_LATENCY_RATE={rate} "
-                   "BENCH_SYSTEMS=\"engine python\" make bench")
+    commands = [next((runs[s]["command"] for s in SYSTEMS if runs[s]),
+                     f"BENCH_TRANSACTIONS={n} BENCH_LATENCY_TRANSACTIONS={lat_n} BENCH_LATENCY_RATE={rate} "
+                     "BENCH_SYSTEMS=\"engine python\" make bench")]
+    if runs.get(NAIVE) and runs[NAIVE]["command"] not in commands:
+        commands.append(runs[NAIVE]["command"])
     if len({r["commit"] for r in runs.values() if r}) > 1:
-        doc += ["The two systems' results come from different runs (above): compare them with care.", ""]
+        doc += [f"The {'' if has_naive else 'two '}systems' results come from different runs (above): "
+                "compare them with care.", ""]
     doc += [
         "### What runs",
         "",
@@ -220,6 +247,14 @@ def stack_section(out: Path, model_dir: Path, commit: str) -> list[str]:
         "(confluent-kafka, polars, numpy, onnxruntime, psycopg; one thread of control, batch by batch). Same "
         "topics, batch size and wait, features, model, thresholds, tables and exactly-once offsets; its "
         "simplifications are listed below.",
+        *([f"- **{NAMES[NAIVE]}**: `bench/per_message.py`, the baseline's code one record at a time, as a first "
+           "version is usually written: poll one record, featurize it, score it with ONNX Runtime as a batch of "
+           "one, INSERT its decision and explanation and commit them with the record's offset, then the next. "
+           "Same features, model, thresholds, tables and exactly-once offsets as the baseline (it imports its "
+           "functions). Its throughput is over the first "
+           + (f"{naive_n:,} of the {n:,}" if naive_n is not None else "`BENCH_NAIVE_TRANSACTIONS`")
+           + " pre-loaded transactions (`BENCH_NAIVE_TRANSACTIONS`); its latency run is the others'."]
+          if has_naive else []),
         f"- Model: `{manifest['name']}` v{manifest['version']} (sha256 `{manifest['sha256'][:12]}…`; the "
         "manifest in the working tree now).",
         f"- Throughput: {n:,} transactions from `riskstream simulate --seed 1`, pre-loaded into fresh "
@@ -235,28 +270,35 @@ def stack_section(out: Path, model_dir: Path, commit: str) -> list[str]:
         "Reproduce:",
         "",
         "```sh",
-        command,
+        *commands,
         "```",
         "",
         "### Results",
         "",
-        *results_table(t, lat, at_rate),
+        *results_table(t, lat, at_rate, systems),
         "",
+        *([f"{NAMES[NAIVE]}: decisions/s, CPU and peak RSS over the first {naive_n:,} of the {n:,} pre-loaded "
+           "transactions (the others' over all of them); its state, and so its memory, is that much smaller.", ""]
+          if naive_n is not None and naive_n != n else []),
         f"Under load{at_rate}:",
         "",
-        *(keeps_up(s, lat[s]) for s in SYSTEMS),
+        *(keeps_up(s, lat[s]) for s in systems),
         "",
         "### Where the time goes",
         "",
         "Mean per batch over the throughput run. The engine's stages run concurrently (a batch is featurized "
         "while the previous one is scored and the one before is committed), so its throughput is bounded by "
-        "the slowest stage, not the total; the baseline runs them one after the other.",
+        "the slowest stage, not the total; the baseline runs them one after the other"
+        + (", and the per-message consumer too, for each record." if has_naive else "."),
         "",
     ]
     if metrics.is_file():
         doc += stages_table(f"{NAMES['engine']}, from its /metrics histograms", *engine_stages(metrics.read_text()))
     if py_summary:
         doc += stages_table(f"{NAMES['python']}, from time.perf_counter", *python_stages(py_summary))
+    if naive_summary:
+        doc += stages_table(f"{NAMES[NAIVE]}, from time.perf_counter", python_stages(naive_summary)[0],
+                            "each batch is one record, committed on its own; labels included", digits=3)
     doc += [
         "### How the baseline differs from the engine",
         "",
@@ -272,6 +314,19 @@ def stack_section(out: Path, model_dir: Path, commit: str) -> list[str]:
         "JSON decoding and validation are per-record Python.",
         "",
     ]
+    if has_naive:
+        doc += [
+            "### How the per-message consumer differs from the baseline",
+            "",
+            "- One record per poll, per featurization (polars on a one-row frame joined with the card's memory), "
+            "per ONNX Runtime run and per Postgres transaction (INSERT decision, INSERT explanation, upsert "
+            "offset, commit); labels and dead letters too. Terminal windows' watermark is checked per record "
+            "instead of per batch while days are open.",
+            "- Its rows are the baseline's, except that ONNX Runtime computes a batch of one on another kernel "
+            "path: some scores and most attention weights differ by float32 rounding (≤ 1.5e-7), and "
+            "terminal windows read the days closed when each record is processed.",
+            "",
+        ]
     return doc
 
 

@@ -8,9 +8,13 @@
 #   1. Throughput: BENCH_TRANSACTIONS simulated transactions are pre-loaded
 #      into fresh topics; each system then consumes all of them into its own
 #      fresh database (the baseline as a second consumer group).
+#      System "python-naive" (bench/per_message.py: the baseline one record per
+#      Postgres transaction) consumes only the first BENCH_NAIVE_TRANSACTIONS of
+#      them (all if fewer): at a few hundred tx/s it would take an hour on 1M.
 #   2. Latency: each system runs on fresh, empty topics while the simulator
 #      offers BENCH_LATENCY_RATE tx/s; latency = Postgres commit time of the
-#      decision - Kafka append time of the record.
+#      decision - Kafka append time of the record. Not python-naive: it
+#      cannot keep up with the offered rate, so its latency is its backlog.
 #   3. Serving (system "serve"): `riskstream serve` on every model with a
 #      golden.json, batch-1 requests at 1 and 8 clients, beside the same model
 #      in Python's onnxruntime in-process. Needs no Kafka or Postgres:
@@ -18,7 +22,8 @@
 #
 # Knobs (environment): BENCH_TRANSACTIONS (1000000), BENCH_LATENCY_TRANSACTIONS
 # (150000), BENCH_LATENCY_RATE (5000), BENCH_MODEL_DIR (models/fraud-attention),
-# BENCH_SYSTEMS ("engine python serve"), BENCH_BIN (use this riskstream binary
+# BENCH_SYSTEMS ("engine python serve"; also "python-naive", not by default),
+# BENCH_NAIVE_TRANSACTIONS (50000), BENCH_BIN (use this riskstream binary
 # instead of building the release one), BENCH_SERVE_ARGS (extra arguments to
 # bench/serve_bench.py, e.g. "--duration 20 -- --sessions 1").
 set -euo pipefail
@@ -30,10 +35,13 @@ LAT_N="${BENCH_LATENCY_TRANSACTIONS:-150000}"
 LAT_RATE="${BENCH_LATENCY_RATE:-5000}"
 MODEL_DIR="$(realpath "${BENCH_MODEL_DIR:-models/fraud-attention}")"
 SYSTEMS="${BENCH_SYSTEMS:-engine python serve}"
+# How many of the pre-loaded transactions "python-naive" consumes for throughput.
+NAIVE_N="${BENCH_NAIVE_TRANSACTIONS:-50000}"
+[[ $NAIVE_N =~ ^[1-9][0-9]*$ ]] || { printf 'bench: error: BENCH_NAIVE_TRANSACTIONS must be a positive integer\n' >&2; exit 1; }
 # The systems that run on the Kafka/Postgres stack, in the order given.
 STACK_SYSTEMS=$(for s in $SYSTEMS; do [[ $s == serve ]] || printf '%s ' "$s"; done)
 for s in $SYSTEMS; do
-  [[ $s == engine || $s == python || $s == serve ]] || { printf 'bench: error: unknown system %s\n' "$s" >&2; exit 1; }
+  [[ $s == engine || $s == python || $s == python-naive || $s == serve ]] || { printf 'bench: error: unknown system %s\n' "$s" >&2; exit 1; }
 done
 BIN="${BENCH_BIN:-$CARGO_TARGET_DIR/release/riskstream}"
 PY=.venv/bin/python
@@ -41,8 +49,10 @@ OUT=bench/.out
 PARTITIONS=4
 # Not the engine's default 9464, so a running `make demo` does not interfere.
 METRICS_ADDR=127.0.0.1:9465
-# Give up on a run that has not committed everything after this long.
+# Give up on a run that has not committed everything after this long; python-naive,
+# which commits one record at a time, gets NAIVE_MS_PER_TX more per transaction.
 RUN_TIMEOUT_S=1200
+NAIVE_MS_PER_TX=20
 RUN="bench$(date +%s)"
 PSQL=(psql -q -X -v ON_ERROR_STOP=1 -h 127.0.0.1 -p 55432 -U postgres)
 
@@ -99,9 +109,10 @@ simulate() {
   echo "$n"
 }
 
-# start SYSTEM PREFIX DB LOG: start a system on PREFIX.* writing to DB; sets PID and STARTED.
+# start SYSTEM PREFIX DB LOG [MAX]: start a system on PREFIX.* writing to DB; sets PID and
+# STARTED. MAX (python-naive only): it stops consuming after MAX transactions.
 start() {
-  local system="$1" prefix="$2" db="$3" log="$4"
+  local system="$1" prefix="$2" db="$3" log="$4" max="${5:-}"
   fresh_db "$db"
   if [[ $system == engine ]]; then
     # `run` does not migrate; it refuses an unmigrated database. Not timed.
@@ -112,22 +123,29 @@ start() {
   if [[ $system == engine ]]; then
     env "${ENV[@]}" "$BIN" run 2>"$log" &
   else
+    local script=bench/baseline.py limit=()
+    if [[ $system == python-naive ]]; then
+      script=bench/per_message.py
+      [[ -z $max ]] || limit=(--max-records "$max")
+    fi
     # Its JSON summary (with its own stage timings) goes to LOG's .summary.json sibling.
-    "$PY" bench/baseline.py --brokers "$KAFKA_BROKERS" --group "$prefix-python" --topic-prefix "$prefix" \
+    "$PY" "$script" --brokers "$KAFKA_BROKERS" --group "$prefix-$system" --topic-prefix "$prefix" \
       --db-url "postgres://postgres@127.0.0.1:55432/$db" --model-dir "$MODEL_DIR" \
-      --idle-exit-seconds "$RUN_TIMEOUT_S" >"${log%.log}.summary.json" 2>"$log" &
+      --idle-exit-seconds "$RUN_TIMEOUT_S" "${limit[@]}" >"${log%.log}.summary.json" 2>"$log" &
   fi
   PID=$!
   trap 'kill -TERM $PID 2>/dev/null || true' EXIT
 }
 
-# wait_committed DB TOPIC N LOG: until the partitions' committed offsets cover
+# wait_committed SYSTEM DB TOPIC N LOG: until the partitions' committed offsets cover
 # N records. (Offsets, not count(*): polling must not load the database.)
 wait_committed() {
-  local db="$1" topic="$2" n="$3" log="$4" done=0 deadline=$(( $(date +%s) + RUN_TIMEOUT_S ))
+  local system="$1" db="$2" topic="$3" n="$4" log="$5" done=0 timeout="$RUN_TIMEOUT_S"
+  [[ $system != python-naive ]] || timeout=$(( RUN_TIMEOUT_S + n * NAIVE_MS_PER_TX / 1000 ))
+  local deadline=$(( $(date +%s) + timeout ))
   while (( done < n )); do
     kill -0 "$PID" 2>/dev/null || { tail -20 "$log" >&2; die "$log: process died"; }
-    (( $(date +%s) < deadline )) || { tail -20 "$log" >&2; die "$log: not done after ${RUN_TIMEOUT_S}s"; }
+    (( $(date +%s) < deadline )) || { tail -20 "$log" >&2; die "$log: not done after ${timeout}s"; }
     sleep 0.2
     done=$(sql "$db" "SELECT coalesce(sum(next_offset), 0) FROM kafka_offsets
                       WHERE topic = '$topic' AND next_offset > 0" 2>/dev/null || echo 0)
@@ -144,11 +162,16 @@ stop() {
 }
 
 # throughput SYSTEM PREFIX PRODUCED: consume the pre-loaded PREFIX.* -> $OUT/throughput-SYSTEM.json.
+# python-naive consumes only the first NAIVE_N of them; its tx/s are over those.
 throughput() {
-  local system="$1" prefix="$2" produced="$3" db="bench_${1}_throughput" log="$OUT/throughput-$1.log"
-  say "throughput: $system consumes $produced pre-loaded transactions"
-  start "$system" "$prefix" "$db" "$log"
-  wait_committed "$db" "$prefix.transactions" "$produced" "$log"
+  local system="$1" prefix="$2" produced="$3" db="bench_${1//-/_}_throughput" log="$OUT/throughput-$1.log"
+  local n="$produced" max=""
+  if [[ $system == python-naive ]] && (( NAIVE_N < produced )); then
+    n=$NAIVE_N max=$NAIVE_N
+  fi
+  say "throughput: $system consumes $n${max:+ (the first ones) of $produced} pre-loaded transactions"
+  start "$system" "$prefix" "$db" "$log" "$max"
+  wait_committed "$system" "$db" "$prefix.transactions" "$n" "$log"
   if [[ $system == engine ]]; then
     "$PY" -c 'import sys, urllib.request; sys.stdout.write(urllib.request.urlopen(sys.argv[1]).read().decode())' \
       "http://$METRICS_ADDR/metrics" >"$OUT/throughput-engine.metrics"
@@ -160,9 +183,9 @@ throughput() {
     SELECT (SELECT count(*) FROM dead_letters WHERE source_topic = '$prefix.transactions') + count(*),
            extract(epoch FROM min(c)), extract(epoch FROM max(c))
       FROM (SELECT pg_xact_commit_timestamp(xmin) AS c FROM risk_decisions) d")
-  (( rows == produced )) || die "$system committed $rows rows for $produced transactions"
+  (( rows == n )) || die "$system committed $rows rows for $n transactions"
   cat >"$OUT/throughput-$system.json" <<JSON
-{"system": "$system", "transactions": $produced, "rows_committed": $rows,
+{"system": "$system", "transactions": $n, "stream_transactions": $produced, "rows_committed": $rows,
  "wall_seconds": $(awk -v a="$STARTED" -v b="$last" 'BEGIN { printf "%.3f", b - a }'),
  "first_to_last_commit_seconds": $(awk -v a="$first" -v b="$last" 'BEGIN { printf "%.3f", b - a }'),
  "cpu_seconds": $CPU_S, "peak_rss_mb": $RSS_MB}
@@ -172,14 +195,14 @@ JSON
 # latency SYSTEM: fresh topics, the system first, then LAT_N transactions at
 # LAT_RATE tx/s -> $OUT/latency-SYSTEM.json.
 latency() {
-  local system="$1" prefix="$RUN-latency-$1" db="bench_${1}_latency" log="$OUT/latency-$1.log"
+  local system="$1" prefix="$RUN-latency-$1" db="bench_${1//-/_}_latency" log="$OUT/latency-$1.log"
   say "latency: $system at $LAT_RATE tx/s"
   create_topics "$prefix"
   start "$system" "$prefix" "$db" "$log"
   local produced produced_at
   produced=$(simulate "$prefix" --transactions "$LAT_N" --seed 2 --rate "$LAT_RATE")
   produced_at=$(date +%s.%N)
-  wait_committed "$db" "$prefix.transactions" "$produced" "$log"
+  wait_committed "$system" "$db" "$prefix.transactions" "$produced" "$log"
   stop
   # Steady state: records appended at least 10 s after the first one.
   sql "$db" "
@@ -229,13 +252,17 @@ if [[ -n $STACK_SYSTEMS ]]; then
   say "pre-loading $N simulated transactions into $prefix.*"
   produced=$(simulate "$prefix" --transactions "$N" --seed 1)
   for system in $STACK_SYSTEMS; do throughput "$system" "$prefix" "$produced"; done
-  for system in $STACK_SYSTEMS; do latency "$system"; done
+  # python-naive is a throughput reference only: at a few hundred tx/s it
+  # cannot keep up with the offered rate, so its "latency" is just its backlog.
+  for system in $STACK_SYSTEMS; do [[ $system == python-naive ]] || latency "$system"; done
   # Which run each system's results come from, for the report.
+  naive_knob=""
+  [[ " $STACK_SYSTEMS " != *" python-naive "* ]] || naive_knob="BENCH_NAIVE_TRANSACTIONS=$NAIVE_N "
   for system in $STACK_SYSTEMS; do
     cat >"$OUT/run-$system.json" <<JSON
 {"system": "$system", "commit": "$(git describe --always --dirty 2>/dev/null || echo unknown)",
  "finished_at": "$(date -u +%Y-%m-%dT%H:%M:%SZ)",
- "command": "BENCH_TRANSACTIONS=$N BENCH_LATENCY_TRANSACTIONS=$LAT_N BENCH_LATENCY_RATE=$LAT_RATE BENCH_SYSTEMS=\"${STACK_SYSTEMS% }\" make bench"}
+ "command": "BENCH_TRANSACTIONS=$N ${naive_knob}BENCH_LATENCY_TRANSACTIONS=$LAT_N BENCH_LATENCY_RATE=$LAT_RATE BENCH_SYSTEMS=\"${STACK_SYSTEMS% }\" make bench"}
 JSON
   done
 fi
