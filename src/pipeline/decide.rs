@@ -2,7 +2,7 @@
 //! force, shaped into the rows the sink writes (decision, features,
 //! explanation, provenance).
 
-use super::{EngineError, Item, Shared, Work};
+use super::{each_batch, EngineError, Item, Shared, Work};
 use crate::features::HISTORY_LEN;
 use crate::sink::{DecisionRow, SinkBatch};
 use std::sync::Arc;
@@ -11,18 +11,14 @@ use tokio::sync::mpsc;
 /// Decide every batch, in order.
 pub(super) async fn decide_stage(
     shared: Arc<Shared>,
-    mut input: mpsc::Receiver<Item>,
+    input: mpsc::Receiver<Item>,
     out: mpsc::Sender<Item>,
 ) -> Result<(), EngineError> {
-    while let Some(mut item) = input.recv().await {
-        if let Item::Batch(work) = &mut item {
-            work.decided = Some(decide(&shared, work));
-        }
-        if out.send(item).await.is_err() {
-            break;
-        }
-    }
-    Ok(())
+    each_batch(input, out, |mut work: Box<Work>| {
+        work.decided = Some(decide(&shared, &work));
+        std::future::ready(Ok(work))
+    })
+    .await
 }
 
 fn decide(shared: &Shared, work: &Work) -> SinkBatch {

@@ -474,6 +474,29 @@ fn spawn_pipeline(
     })
 }
 
+/// The shape of every stage between featurize and commit: `step` takes
+/// each batch and hands it on, in order; barriers pass through. Ends when its
+/// input does, when the next stage is gone, or at `step`'s first error.
+async fn each_batch<F, Fut>(
+    mut input: mpsc::Receiver<Item>,
+    out: mpsc::Sender<Item>,
+    mut step: F,
+) -> Result<(), EngineError>
+where
+    F: FnMut(Box<Work>) -> Fut,
+    Fut: std::future::Future<Output = Result<Box<Work>, EngineError>>,
+{
+    while let Some(mut item) = input.recv().await {
+        if let Item::Batch(work) = item {
+            item = Item::Batch(step(work).await?);
+        }
+        if out.send(item).await.is_err() {
+            break;
+        }
+    }
+    Ok(())
+}
+
 /// Resolves on shutdown, or when a consumer thread reported a failure.
 async fn watch_consumers(
     failed: &[Arc<std::sync::Mutex<Option<String>>>],

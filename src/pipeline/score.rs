@@ -1,7 +1,7 @@
 //! Scoring: the merchant language model's surprise (when configured) and
 //! the fraud model, both on ONNX Runtime's blocking pool.
 
-use super::{EngineError, Item, Shared};
+use super::{each_batch, EngineError, Item, Shared, Work};
 use crate::models::lm::MerchantLm;
 use std::sync::Arc;
 use std::time::Instant;
@@ -15,54 +15,50 @@ use tracing::Instrument;
 pub(super) async fn surprise_stage(
     shared: Arc<Shared>,
     lm: Arc<MerchantLm>,
-    mut input: mpsc::Receiver<Item>,
+    input: mpsc::Receiver<Item>,
     out: mpsc::Sender<Item>,
 ) -> Result<(), EngineError> {
-    while let Some(mut item) = input.recv().await {
-        if let Item::Batch(work) = &mut item {
-            if let Some(features) = work.features.clone() {
-                let t = Instant::now();
-                let span = tracing::debug_span!("surprise", rows = features.rows);
-                work.mcc_surprise = Some(lm.surprise(features).instrument(span).await?);
-                shared
-                    .metrics
-                    .stage_seconds
-                    .with_label_values(&["surprise"])
-                    .observe(t.elapsed().as_secs_f64());
-            }
+    each_batch(input, out, |mut work: Box<Work>| {
+        let (shared, lm) = (shared.clone(), lm.clone());
+        async move {
+            let Some(features) = work.features.clone() else {
+                return Ok(work);
+            };
+            let t = Instant::now();
+            let span = tracing::debug_span!("surprise", rows = features.rows);
+            work.mcc_surprise = Some(lm.surprise(features).instrument(span).await?);
+            shared
+                .metrics
+                .stage_seconds
+                .with_label_values(&["surprise"])
+                .observe(t.elapsed().as_secs_f64());
+            Ok(work)
         }
-        if out.send(item).await.is_err() {
-            break;
-        }
-    }
-    Ok(())
+    })
+    .await
 }
 
 /// Score each batch through the ONNX Runtime session pool.
 pub(super) async fn score_stage(
     shared: Arc<Shared>,
-    mut input: mpsc::Receiver<Item>,
+    input: mpsc::Receiver<Item>,
     out: mpsc::Sender<Item>,
 ) -> Result<(), EngineError> {
-    while let Some(mut item) = input.recv().await {
-        if let Item::Batch(work) = &mut item {
-            if let Some(features) = work.features.clone() {
-                let t = Instant::now();
-                work.scored = shared.scorer.score(features).await?;
-                shared
-                    .metrics
-                    .model_seconds
-                    .observe(t.elapsed().as_secs_f64());
-                shared
-                    .metrics
-                    .stage_seconds
-                    .with_label_values(&["score"])
-                    .observe(t.elapsed().as_secs_f64());
-            }
+    each_batch(input, out, |mut work: Box<Work>| {
+        let shared = shared.clone();
+        async move {
+            let Some(features) = work.features.clone() else {
+                return Ok(work);
+            };
+            let t = Instant::now();
+            work.scored = shared.scorer.score(features).await?;
+            let m = &shared.metrics;
+            m.model_seconds.observe(t.elapsed().as_secs_f64());
+            m.stage_seconds
+                .with_label_values(&["score"])
+                .observe(t.elapsed().as_secs_f64());
+            Ok(work)
         }
-        if out.send(item).await.is_err() {
-            break;
-        }
-    }
-    Ok(())
+    })
+    .await
 }
