@@ -2,7 +2,7 @@
 //! its offsets (exactly-once; see `sink::write_batch`), its dead letters
 //! published to Kafka just before the commit.
 
-use super::{EngineError, Item, RunSummary, Shared};
+use super::stage::{EngineError, Item, RunSummary, Shared};
 use crate::ingest::{self, DeadLetterTopic};
 use crate::sink::{self, Failure, SinkBatch, SinkError};
 use std::sync::Arc;

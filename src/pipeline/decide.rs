@@ -2,7 +2,7 @@
 //! force, shaped into the rows the sink writes (decision, features,
 //! explanation, provenance).
 
-use super::{each_batch, EngineError, Item, Shared, Work};
+use super::stage::{each_batch, EngineError, Item, Shared, Work};
 use crate::features::HISTORY_LEN;
 use crate::sink::{DecisionRow, SinkBatch};
 use std::sync::Arc;

@@ -3,8 +3,9 @@
 //! when they need it, lose their duplicate tx_ids, and are featurized with
 //! polars against the cards' and terminals' state.
 
+use super::stage::{EngineError, Item, Shared, Work};
 use super::watermark::{Readiness, TerminalLoader};
-use super::{batch, event_time, EngineError, Item, Shared, Work};
+use super::{batch, event_time};
 use crate::event::Transaction;
 use crate::features::{self, CardState, TerminalStats};
 use crate::ingest::{self, Ingested};

@@ -17,86 +17,25 @@ mod decide;
 pub mod event_time;
 mod featurize;
 mod score;
+mod stage;
 pub mod watermark;
 
 use crate::config::Config;
 use crate::decision::ThresholdSet;
-use crate::features::FeatureBatch;
 use crate::health::Health;
 use crate::ingest::{self, DeadLetterTopic};
 use crate::metrics::Metrics;
 use crate::models::lm::MerchantLm;
-use crate::scoring::{Scored, Scorer};
-use crate::sink::{self, DeadLetter, LabelRow, OffsetUpdate, Provenance, SinkBatch, SinkError};
-use sqlx::PgPool;
+use crate::scoring::Scorer;
+use crate::sink::{self, Provenance};
+use stage::Shared;
+pub use stage::{EngineError, RunSummary};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{mpsc as std_mpsc, Arc};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use watermark::TerminalLoader;
-
-#[derive(Debug, thiserror::Error)]
-pub enum EngineError {
-    #[error(transparent)]
-    Sink(#[from] SinkError),
-    #[error(transparent)]
-    Scoring(#[from] crate::scoring::ScoringError),
-    #[error("kafka: {0}")]
-    Kafka(#[from] rdkafka::error::KafkaError),
-    #[error("featurization: {0}")]
-    Features(#[from] polars::error::PolarsError),
-    #[error("merchant language model: {0}")]
-    LanguageModel(#[from] crate::models::ModelError),
-    #[error("kafka topics: {0}")]
-    Topics(#[from] ingest::topics::TopicsError),
-    #[error("{0}")]
-    Other(String),
-}
-
-/// What a run did, for logs and tests.
-#[derive(Debug, Default, Clone, PartialEq)]
-pub struct RunSummary {
-    pub decisions: u64,
-    pub dead_letters: u64,
-    pub labels: u64,
-    pub batches: u64,
-}
-
-/// Everything the stages share, read-only.
-struct Shared {
-    config: Config,
-    pool: PgPool,
-    metrics: Arc<Metrics>,
-    health: Arc<Health>,
-    scorer: Scorer,
-    /// The merchant language model, when `[language_model]` is configured.
-    lm: Option<Arc<MerchantLm>>,
-    thresholds: ThresholdSet,
-    provenance: Provenance,
-}
-
-/// A batch on its way through the stages.
-struct Work {
-    started: Instant,
-    txs: Vec<batch::Sourced>,
-    labels: Vec<LabelRow>,
-    dead_letters: Vec<DeadLetter>,
-    offsets: Vec<OffsetUpdate>,
-    features: Option<Arc<FeatureBatch>>,
-    state_complete: bool,
-    /// Per transaction, in row order (with a language model only).
-    mcc_surprise: Option<Vec<f32>>,
-    scored: Vec<Scored>,
-    /// The rows to write, once the decide stage has run.
-    decided: Option<SinkBatch>,
-}
-
-enum Item {
-    Batch(Box<Work>),
-    /// Everything before this is committed when the sink acknowledges it.
-    Barrier(std_mpsc::Sender<()>),
-}
 
 /// Run the engine until `shutdown` is cancelled (then finish the batch in
 /// hand, commit it and return) or a fatal error occurs.
@@ -368,20 +307,6 @@ where
     }
 }
 
-impl EngineError {
-    /// A dependency that may come up: connection errors and Kafka's
-    /// not-reachable-yet codes at start-up. Bad credentials, certificates,
-    /// schema or data are not.
-    fn is_transient(&self) -> bool {
-        match self {
-            EngineError::Sink(e) => e.is_transient(),
-            EngineError::Topics(e) => e.is_transient(),
-            EngineError::Kafka(e) => e.rdkafka_error_code().is_none_or(ingest::topics::transient),
-            _ => false,
-        }
-    }
-}
-
 /// A pipeline task other than the sink, by name.
 type Stage = (
     &'static str,
@@ -472,29 +397,6 @@ fn spawn_pipeline(
         stages,
         sink,
     })
-}
-
-/// The shape of every stage between featurize and commit: `step` takes
-/// each batch and hands it on, in order; barriers pass through. Ends when its
-/// input does, when the next stage is gone, or at `step`'s first error.
-async fn each_batch<F, Fut>(
-    mut input: mpsc::Receiver<Item>,
-    out: mpsc::Sender<Item>,
-    mut step: F,
-) -> Result<(), EngineError>
-where
-    F: FnMut(Box<Work>) -> Fut,
-    Fut: std::future::Future<Output = Result<Box<Work>, EngineError>>,
-{
-    while let Some(mut item) = input.recv().await {
-        if let Item::Batch(work) = item {
-            item = Item::Batch(step(work).await?);
-        }
-        if out.send(item).await.is_err() {
-            break;
-        }
-    }
-    Ok(())
 }
 
 /// Resolves on shutdown, or when a consumer thread reported a failure.

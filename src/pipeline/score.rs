@@ -1,7 +1,7 @@
 //! Scoring: the merchant language model's surprise (when configured) and
 //! the fraud model, both on ONNX Runtime's blocking pool.
 
-use super::{each_batch, EngineError, Item, Shared, Work};
+use super::stage::{each_batch, EngineError, Item, Shared, Work};
 use crate::models::lm::MerchantLm;
 use std::sync::Arc;
 use std::time::Instant;

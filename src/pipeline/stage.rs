@@ -1,0 +1,118 @@
+//! What the stages share: the batch on its way ([`Work`], [`Item`]), the
+//! read-only context ([`Shared`]), their error, and [`each_batch`], the
+//! one shape of the stages between featurize and commit. Every stage file
+//! builds on this; `mod.rs` wires them together.
+
+use super::batch;
+use crate::config::Config;
+use crate::decision::ThresholdSet;
+use crate::features::FeatureBatch;
+use crate::health::Health;
+use crate::ingest;
+use crate::metrics::Metrics;
+use crate::models::lm::MerchantLm;
+use crate::scoring::{Scored, Scorer};
+use crate::sink::{DeadLetter, LabelRow, OffsetUpdate, Provenance, SinkBatch, SinkError};
+use sqlx::PgPool;
+use std::sync::{mpsc as std_mpsc, Arc};
+use std::time::Instant;
+use tokio::sync::mpsc;
+
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error(transparent)]
+    Sink(#[from] SinkError),
+    #[error(transparent)]
+    Scoring(#[from] crate::scoring::ScoringError),
+    #[error("kafka: {0}")]
+    Kafka(#[from] rdkafka::error::KafkaError),
+    #[error("featurization: {0}")]
+    Features(#[from] polars::error::PolarsError),
+    #[error("merchant language model: {0}")]
+    LanguageModel(#[from] crate::models::ModelError),
+    #[error("kafka topics: {0}")]
+    Topics(#[from] ingest::topics::TopicsError),
+    #[error("{0}")]
+    Other(String),
+}
+
+/// What a run did, for logs and tests.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct RunSummary {
+    pub decisions: u64,
+    pub dead_letters: u64,
+    pub labels: u64,
+    pub batches: u64,
+}
+
+/// Everything the stages share, read-only.
+pub(super) struct Shared {
+    pub(super) config: Config,
+    pub(super) pool: PgPool,
+    pub(super) metrics: Arc<Metrics>,
+    pub(super) health: Arc<Health>,
+    pub(super) scorer: Scorer,
+    /// The merchant language model, when `[language_model]` is configured.
+    pub(super) lm: Option<Arc<MerchantLm>>,
+    pub(super) thresholds: ThresholdSet,
+    pub(super) provenance: Provenance,
+}
+
+/// A batch on its way through the stages.
+pub(super) struct Work {
+    pub(super) started: Instant,
+    pub(super) txs: Vec<batch::Sourced>,
+    pub(super) labels: Vec<LabelRow>,
+    pub(super) dead_letters: Vec<DeadLetter>,
+    pub(super) offsets: Vec<OffsetUpdate>,
+    pub(super) features: Option<Arc<FeatureBatch>>,
+    pub(super) state_complete: bool,
+    /// Per transaction, in row order (with a language model only).
+    pub(super) mcc_surprise: Option<Vec<f32>>,
+    pub(super) scored: Vec<Scored>,
+    /// The rows to write, once the decide stage has run.
+    pub(super) decided: Option<SinkBatch>,
+}
+
+pub(super) enum Item {
+    Batch(Box<Work>),
+    /// Everything before this is committed when the sink acknowledges it.
+    Barrier(std_mpsc::Sender<()>),
+}
+
+impl EngineError {
+    /// A dependency that may come up: connection errors and Kafka's
+    /// not-reachable-yet codes at start-up. Bad credentials, certificates,
+    /// schema or data are not.
+    pub(super) fn is_transient(&self) -> bool {
+        match self {
+            EngineError::Sink(e) => e.is_transient(),
+            EngineError::Topics(e) => e.is_transient(),
+            EngineError::Kafka(e) => e.rdkafka_error_code().is_none_or(ingest::topics::transient),
+            _ => false,
+        }
+    }
+}
+
+/// The shape of every stage between featurize and commit: `step` takes
+/// each batch and hands it on, in order; barriers pass through. Ends when its
+/// input does, when the next stage is gone, or at `step`'s first error.
+pub(super) async fn each_batch<F, Fut>(
+    mut input: mpsc::Receiver<Item>,
+    out: mpsc::Sender<Item>,
+    mut step: F,
+) -> Result<(), EngineError>
+where
+    F: FnMut(Box<Work>) -> Fut,
+    Fut: std::future::Future<Output = Result<Box<Work>, EngineError>>,
+{
+    while let Some(mut item) = input.recv().await {
+        if let Item::Batch(work) = item {
+            item = Item::Batch(step(work).await?);
+        }
+        if out.send(item).await.is_err() {
+            break;
+        }
+    }
+    Ok(())
+}
