@@ -2,11 +2,11 @@
 //! its offsets (exactly-once; see `sink::write_batch`), its dead letters
 //! published to Kafka just before the commit.
 
-use super::stage::{EngineError, Item, RunSummary, Shared};
+use super::stage::{Backoff, EngineError, Item, RunSummary, Shared};
 use crate::ingest::{self, DeadLetterTopic};
 use crate::sink::{self, Failure, SinkBatch, SinkError};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 use tokio::sync::mpsc;
 
 /// Commit each decided batch in one Postgres transaction (its dead
@@ -102,7 +102,7 @@ async fn commit(
     claims: &ingest::Claims,
     batch: &SinkBatch,
 ) -> Result<Option<sink::Written>, EngineError> {
-    let mut backoff = Duration::from_millis(100);
+    let mut backoff = Backoff::new();
     let mut mode = sink::Mode::Bulk;
     loop {
         let attempt =
@@ -134,10 +134,7 @@ async fn commit(
         match (e.failure(), mode) {
             (Failure::Retry, _) => {
                 shared.metrics.sink_retries.inc();
-                shared.health.sink_failed(&e.to_string());
-                tracing::warn!(error = %e, ?backoff, "sink transaction failed; retrying");
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(5));
+                backoff.ride_out(shared, "writing the batch", e).await?;
             }
             (Failure::Data, sink::Mode::Bulk) => {
                 tracing::warn!(error = %e, rows = batch.decisions.len(), "postgres refused a value; writing the batch row by row");

@@ -3,13 +3,13 @@
 //! when they need it, lose their duplicate tx_ids, and are featurized with
 //! polars against the cards' and terminals' state.
 
-use super::stage::{EngineError, Item, Shared, Work};
+use super::stage::{Backoff, EngineError, Item, Shared, Work};
 use super::watermark::{Readiness, TerminalLoader};
 use super::{batch, event_time};
 use crate::event::Transaction;
 use crate::features::{self, CardState, TerminalStats};
 use crate::ingest::{self, Ingested};
-use crate::sink::{self, DeadLetter, SinkError};
+use crate::sink::{self, DeadLetter};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -126,7 +126,11 @@ pub(super) async fn featurize_stage(
                     loop {
                         match loader.check(&mut terminals, lo, hi, force).await {
                             Ok(r) => break r,
-                            Err(e) => backoff.ride_out(&shared, "terminal state", e).await?,
+                            Err(e) => {
+                                backoff
+                                    .ride_out(&shared, "reading terminal state", e)
+                                    .await?
+                            }
                         }
                     }
                 }
@@ -173,34 +177,6 @@ pub(super) async fn featurize_stage(
     Ok(())
 }
 
-/// Postgres reads outside the sink (card and terminal state, watermarks)
-/// ride out an outage as the sink does: connection-type errors are retried
-/// with backoff, readiness says why meanwhile; anything else is the stage's end.
-pub(super) struct Backoff(Duration);
-
-impl Backoff {
-    fn new() -> Self {
-        Backoff(Duration::from_millis(100))
-    }
-
-    /// `Ok` after waiting if `e` is worth retrying, else `Err(e)`.
-    async fn ride_out(
-        &mut self,
-        shared: &Shared,
-        what: &str,
-        e: SinkError,
-    ) -> Result<(), EngineError> {
-        if !e.is_transient() {
-            return Err(e.into());
-        }
-        shared.health.sink_failed(&format!("reading {what}: {e}"));
-        tracing::warn!(error = %e, backoff = ?self.0, "reading {what} failed; retrying");
-        tokio::time::sleep(self.0).await;
-        self.0 = (self.0 * 2).min(Duration::from_secs(5));
-        Ok(())
-    }
-}
-
 /// The tx_ids of the batches featurized lately, which may not be committed
 /// yet (at most a few batches are between featurize and the sink's commit).
 #[derive(Default)]
@@ -245,7 +221,11 @@ async fn drop_duplicates(
     let decided = loop {
         match sink::state::decided_among(&shared.pool, &ids).await {
             Ok(d) => break d,
-            Err(e) => backoff.ride_out(shared, "decided tx_ids", e).await?,
+            Err(e) => {
+                backoff
+                    .ride_out(shared, "reading decided tx_ids", e)
+                    .await?
+            }
         }
     };
     let mut seen = std::collections::HashSet::new();
@@ -315,7 +295,7 @@ async fn build_work(
             let retention = features::card_retention_ms();
             match sink::state::load_cards(&shared.pool, &missing, retention).await {
                 Ok(rows) => break rows,
-                Err(e) => backoff.ride_out(shared, "card state", e).await?,
+                Err(e) => backoff.ride_out(shared, "reading card state", e).await?,
             }
         };
         let mut by_card: std::collections::HashMap<String, Vec<features::PastTx>> =

@@ -15,7 +15,7 @@ use crate::scoring::{Scored, Scorer};
 use crate::sink::{DeadLetter, LabelRow, OffsetUpdate, Provenance, SinkBatch, SinkError};
 use sqlx::PgPool;
 use std::sync::{mpsc as std_mpsc, Arc};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 
 #[derive(Debug, thiserror::Error)]
@@ -91,6 +91,36 @@ impl EngineError {
             EngineError::Kafka(e) => e.rdkafka_error_code().is_none_or(ingest::topics::transient),
             _ => false,
         }
+    }
+}
+
+/// How the stages ride out a Postgres outage (the sink's transaction and
+/// the reads of card and terminal state alike): connection-type errors are
+/// retried with backoff from 100 ms doubling to 5 s, readiness says what
+/// is failing meanwhile; anything else is the stage's end.
+pub(super) struct Backoff(Duration);
+
+impl Backoff {
+    pub(super) fn new() -> Self {
+        Backoff(Duration::from_millis(100))
+    }
+
+    /// `Ok` after waiting if `e` is worth retrying, else `Err(e)`. `what`
+    /// names the work for the log and for readiness.
+    pub(super) async fn ride_out(
+        &mut self,
+        shared: &Shared,
+        what: &str,
+        e: SinkError,
+    ) -> Result<(), EngineError> {
+        if !e.is_transient() {
+            return Err(e.into());
+        }
+        shared.health.sink_failed(&format!("{what}: {e}"));
+        tracing::warn!(error = %e, backoff = ?self.0, "{what} failed; retrying");
+        tokio::time::sleep(self.0).await;
+        self.0 = (self.0 * 2).min(Duration::from_secs(5));
+        Ok(())
     }
 }
 
