@@ -94,6 +94,12 @@ impl Health {
         self.in_flight.fetch_add(rows, Ordering::Relaxed);
     }
 
+    /// Records read that this instance will not commit (a stale batch,
+    /// which its partitions' owner replays).
+    pub fn dropped(&self, rows: i64) {
+        self.in_flight.fetch_sub(rows, Ordering::Relaxed);
+    }
+
     /// From Kafka's statistics: is any broker up?
     pub fn brokers_up(&self, up: bool) {
         if up {
@@ -185,6 +191,10 @@ mod tests {
         assert_eq!(h.ready(), Ok(()), "incomplete only beyond its bound");
         assert!(h.ready_at(now_ms() + 61_000).unwrap_err()[0].contains("incomplete"));
         h.committed(0, true);
+        assert_eq!(h.ready_at(now_ms() + 61_000), Ok(()));
+        // A stale batch's records leave without a commit: nothing waits.
+        h.read(7);
+        h.dropped(7);
         assert_eq!(h.ready_at(now_ms() + 61_000), Ok(()));
 
         assert_eq!(h.live(), Ok(()));

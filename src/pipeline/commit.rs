@@ -31,15 +31,14 @@ pub(super) async fn sink_stage(
             Item::Batch(w) => w,
         };
         let t = Instant::now();
+        let rows = work.rows();
         let mut work = work;
         let batch = work.decided.take().expect("the decide stage ran");
         let Some(written) = commit(&shared, &group, dlq.as_ref(), &claims, &batch).await? else {
             // Stale: its rows are not committed, and the barrier of the
             // revocation that made it stale follows it.
-            shared
-                .metrics
-                .in_flight
-                .sub((work.txs.len() + work.labels.len() + work.dead_letters.len()) as i64);
+            shared.metrics.in_flight.sub(rows);
+            shared.health.dropped(rows);
             continue;
         };
         let m = &shared.metrics;
@@ -65,11 +64,10 @@ pub(super) async fn sink_stage(
                 .with_label_values(&labels)
                 .set(chrono::Utc::now().timestamp_millis() as f64 / 1000.0);
         }
-        let rows = work.txs.len() + work.labels.len() + work.dead_letters.len();
-        m.in_flight.sub(rows as i64);
+        m.in_flight.sub(rows);
         shared
             .health
-            .committed(rows as i64, work.state_complete || work.txs.is_empty());
+            .committed(rows, work.state_complete || work.txs.is_empty());
         m.batch_rows.observe(rows as f64);
         m.stage_seconds
             .with_label_values(&["sink"])

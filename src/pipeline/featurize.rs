@@ -258,7 +258,6 @@ async fn build_work(
     recent: &mut RecentIds,
 ) -> Result<Work, EngineError> {
     let started = Instant::now();
-    let rows = (a.txs.len() + a.labels.len() + a.dead_letters.len()) as i64;
     let mut work = Work {
         started,
         txs: a.txs,
@@ -271,8 +270,8 @@ async fn build_work(
         scored: Vec::new(),
         decided: None,
     };
-    shared.metrics.in_flight.add(rows);
-    shared.health.read(rows);
+    shared.metrics.in_flight.add(work.rows());
+    shared.health.read(work.rows());
     if work.txs.is_empty() {
         return Ok(work);
     }

@@ -74,6 +74,13 @@ pub(super) struct Work {
     pub(super) decided: Option<SinkBatch>,
 }
 
+impl Work {
+    /// Records this batch answers for: its offsets cover them all.
+    pub(super) fn rows(&self) -> i64 {
+        (self.txs.len() + self.labels.len() + self.dead_letters.len()) as i64
+    }
+}
+
 pub(super) enum Item {
     Batch(Box<Work>),
     /// Everything before this is committed when the sink acknowledges it.
