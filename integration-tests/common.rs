@@ -541,6 +541,28 @@ impl Engine {
         }
     }
 
+    /// The exit status of an engine expected to stop on its own (a fatal
+    /// error) within `timeout`; `waiting_for` names what a run still going
+    /// would mean.
+    pub async fn exits_within(
+        &mut self,
+        timeout: Duration,
+        waiting_for: &str,
+    ) -> std::process::ExitStatus {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                return s;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{waiting_for} after {timeout:?}:\n{}",
+                self.log_tail()
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
     pub fn log_tail(&self) -> String {
         let text = std::fs::read_to_string(&self.log).unwrap_or_default();
         let lines: Vec<&str> = text.lines().collect();

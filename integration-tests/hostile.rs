@@ -408,18 +408,9 @@ async fn a_fatal_stage_failure_exits_non_zero_with_its_cause() {
         p.send(0, b"not json", Some("json"));
     }
     p.flush();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let status = loop {
-        if let Some(s) = engine.child.try_wait().unwrap() {
-            break s;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "still running:\n{}",
-            engine.log_tail()
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
+    let status = engine
+        .exits_within(Duration::from_secs(60), "still running")
+        .await;
     assert!(!status.success(), "exit code must be non-zero: {status}");
     let log = engine.log_tail();
     assert!(

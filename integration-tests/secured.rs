@@ -229,18 +229,9 @@ async fn a_refused_sasl_login_fails_start_up_with_its_cause() {
     )
     .unwrap();
     let mut engine = Engine::start(&config_path, &world.dir.path().join("engine-refused.log"));
-    let deadline = std::time::Instant::now() + Duration::from_secs(120);
-    let status = loop {
-        if let Some(s) = engine.child.try_wait().unwrap() {
-            break s;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "still retrying a refused login:\n{}",
-            engine.log_tail()
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
+    let status = engine
+        .exits_within(Duration::from_secs(120), "still retrying a refused login")
+        .await;
     let log = engine.log_tail();
     assert!(!status.success(), "exit code must be non-zero: {status}");
     assert!(log.contains("refused"), "the cause is named:\n{log}");
