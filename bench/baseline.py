@@ -508,7 +508,7 @@ class Thresholds:
 STAGE_DDL = """
 CREATE TEMP TABLE decision_stage (
     ord int, tx_id text, ts_ms bigint, card_id text, terminal_id text, amount float8, currency text,
-    mcc int, channel text, country text, score real, decision text, features jsonb, state_complete bool,
+    mcc int, channel text, country text, score real, decision text, features real[], state_complete bool,
     source_partition int, source_offset bigint, kafka_ts_ms bigint,
     feature_weights real[], history_tx_ids text[], history_weights real[]
 ) ON COMMIT DELETE ROWS
@@ -587,19 +587,19 @@ def decision_stage(txs: pl.DataFrame, x: Features, scored, decisions: np.ndarray
         quoted = pl.element().str.replace_all("\\", "\\\\", literal=True).str.replace_all('"', '\\"', literal=True)
         return pg_array(pl.col(name).list.eval(pl.format('"{}"', quoted)), name)
 
-    features_json = pl.DataFrame(x.features, schema=FEATURE_NAMES).select(pl.struct(pl.all()).struct.json_encode())
     return pl.DataFrame({
         "ord": np.arange(txs.height),
         "tx_id": txs["tx_id"], "ts_ms": txs["ts"], "card_id": txs["card"], "terminal_id": txs["terminal"],
         "amount": txs["amount"], "currency": txs["currency"], "mcc": txs["mcc"], "channel": txs["channel"],
         "country": txs["country"], "score": score, "decision": decisions,
-        "features": features_json.to_series(),
+        "features": x.features,
         "state_complete": np.full(txs.height, complete),
         "source_partition": txs["partition"], "source_offset": txs["offset"], "kafka_ts_ms": txs["kafka_ts"],
         "feature_weights": feature_attention,
         "history_tx_ids": x.history_tx_ids,
         "history_weights": history_attention,
-    }).with_columns(float_array("feature_weights"), text_array("history_tx_ids"), float_array("history_weights"))
+    }).with_columns(float_array("features"), float_array("feature_weights"), text_array("history_tx_ids"),
+                    float_array("history_weights"))
 
 
 def day_start(day: int) -> dt.datetime:

@@ -69,7 +69,7 @@ INSERT INTO risk_decisions (tx_id, ts, card_id, terminal_id, amount, currency, m
 VALUES (%(tx_id)s, timestamptz 'epoch' + %(ts_ms)s::bigint * interval '1 ms', %(card_id)s, %(terminal_id)s,
         %(amount)s::float8::numeric(14, 2), %(currency)s, %(mcc)s::int, %(channel)s, %(country)s,
         %(score)s::real, %(decision)s, %(name)s, %(version)s, %(sha256)s, %(threshold_version)s,
-        %(features)s::jsonb, %(state_complete)s, %(topic)s, %(source_partition)s::int,
+        %(features)s::real[], %(state_complete)s, %(topic)s, %(source_partition)s::int,
         %(source_offset)s::bigint, timestamptz 'epoch' + %(kafka_ts_ms)s::bigint * interval '1 ms')
 ON CONFLICT (tx_id) DO NOTHING
 RETURNING source_partition, source_offset

@@ -1236,7 +1236,7 @@ async fn chaos_run() {
 async fn feature_example(clean: &World, chaos: &World, tx_id: &str) -> String {
     async fn read(world: &World, tx_id: &str) -> (serde_json::Value, Vec<String>) {
         let row = sqlx::query(
-            "SELECT d.features, e.history_tx_ids FROM risk_decisions d
+            "SELECT d.features, e.history_tx_ids FROM decision_features d
                JOIN attention_explanations e USING (tx_id) WHERE tx_id = $1",
         )
         .bind(tx_id)

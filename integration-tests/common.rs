@@ -422,7 +422,7 @@ listen = ""
     }
 
     /// With a language model: every decision has a finite, non-negative
-    /// `mcc_surprise`, the same in its column and in its features, and a
+    /// `mcc_surprise`, the same in its column and in `decision_features`, and a
     /// card's first transaction is scored from `<bos>` alone.
     async fn assert_mcc_surprise(&self) {
         let bad = self
@@ -436,13 +436,21 @@ listen = ""
             bad, 0,
             "every decision has a finite, non-negative mcc_surprise"
         );
+        // Analysts read the inputs by name: the view names the stored
+        // array in the model's input order.
         let differ = self
             .count(
-                "SELECT count(*) FROM risk_decisions
-                  WHERE (features ->> 'mcc_surprise')::real IS DISTINCT FROM mcc_surprise",
+                "SELECT count(*) FROM decision_features f JOIN risk_decisions d USING (tx_id)
+                  WHERE (f.features ->> 'amount_log')::real IS DISTINCT FROM d.features[1]
+                     OR (f.features ->> 'country_change_1h')::real IS DISTINCT FROM d.features[20]
+                     OR (SELECT count(*) FROM jsonb_object_keys(f.features)) <> 20
+                     OR f.mcc_surprise IS DISTINCT FROM d.mcc_surprise",
             )
             .await;
-        assert_eq!(differ, 0, "features.mcc_surprise is the stored surprise");
+        assert_eq!(
+            differ, 0,
+            "decision_features names the stored inputs in model order"
+        );
         // Before its first transaction a card has no context: the surprise
         // depends on the MCC alone. Later ones see the card's past.
         let first_ambiguous = self

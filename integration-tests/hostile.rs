@@ -61,6 +61,18 @@ impl Producing {
     }
 }
 
+/// Amounts as sent and as Postgres must hold them.
+const EXTREME_AMOUNTS: [(&str, &str); 8] = [
+    ("1000000000", "1000000000.00"),
+    ("123456789.12", "123456789.12"),
+    ("10000", "10000.00"),
+    ("9999.99", "9999.99"),
+    ("0.01", "0.01"),
+    ("0.1", "0.10"),
+    ("7.129", "7.13"),
+    ("20000.5", "20000.50"),
+];
+
 /// Seen with another team's stream: a record with no tx_id and a timestamp
 /// years ahead froze its partition and throttled the others to one batch per
 /// `state_wait_ms` (16k decisions with incomplete state); a NUL in a
@@ -90,6 +102,13 @@ async fn hostile_records_are_dead_lettered_without_stalling_the_stream() {
         let amount = if minute % 97 == 0 {
             zero_amounts += 1;
             "0".to_string()
+        } else if minute % 101 == 0 {
+            // Amounts across numeric's base-10000 digit groups (the sink
+            // writes them in binary), at the bound, and with a third
+            // decimal, which is rounded to cents.
+            let (amount, _stored) =
+                EXTREME_AMOUNTS[(minute / 101) as usize % EXTREME_AMOUNTS.len()];
+            amount.to_string()
         } else {
             format!("{}.25", 5 + minute % 300)
         };
@@ -180,6 +199,16 @@ async fn hostile_records_are_dead_lettered_without_stalling_the_stream() {
         zero_amounts,
         "zero-amount authorisations are scored"
     );
+    for minute in (0..2_400i64).filter(|m| m % 101 == 0 && m % 97 != 0) {
+        let (sent, stored) = EXTREME_AMOUNTS[(minute / 101) as usize % EXTREME_AMOUNTS.len()];
+        let got: String =
+            sqlx::query_scalar("SELECT amount::text FROM risk_decisions WHERE tx_id = $1")
+                .bind(format!("tx-{minute}"))
+                .fetch_one(&world.pool)
+                .await
+                .unwrap();
+        assert_eq!(got, stored, "amount {sent} is stored as {stored}");
+    }
     assert_eq!(
         world
             .count("SELECT count(*) FROM risk_decisions WHERE NOT state_complete")

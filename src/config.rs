@@ -96,7 +96,9 @@ pub struct PostgresConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PipelineConfig {
-    /// A batch closes at this many rows...
+    /// A batch closes as soon as the score stage has nothing queued (so at
+    /// low load it holds what arrived meanwhile), and at the latest at this
+    /// many rows...
     pub batch_max_rows: usize,
     /// ...or this long after its first row, whichever comes first.
     pub batch_max_wait_ms: u64,

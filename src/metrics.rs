@@ -37,6 +37,8 @@ pub struct Metrics {
     pub batch_rows: Histogram,
     /// Sink transactions retried after a transient Postgres error.
     pub sink_retries: IntCounter,
+    /// Batches Postgres refused by binary COPY, written by INSERT instead.
+    pub sink_copy_refused: IntCounter,
     pub stale_batches: IntCounter,
     /// Batches scored before the terminal/label watermark was reached.
     pub incomplete_state: IntCounter,
@@ -117,6 +119,11 @@ impl Metrics {
                 "Sink transactions retried",
             )
             .unwrap(),
+            sink_copy_refused: IntCounter::new(
+                "riskstream_sink_copy_refused_total",
+                "Batches Postgres refused by binary COPY (a tx_id decided meanwhile, or a refused value), written by INSERT instead",
+            )
+            .unwrap(),
             stale_batches: IntCounter::new(
                 "riskstream_stale_batches_total",
                 "Batches dropped at commit because their partitions were claimed again since (replayed by the new claim)",
@@ -163,6 +170,9 @@ impl Metrics {
         m.registry.register(Box::new(m.batch_rows.clone())).unwrap();
         m.registry
             .register(Box::new(m.sink_retries.clone()))
+            .unwrap();
+        m.registry
+            .register(Box::new(m.sink_copy_refused.clone()))
             .unwrap();
         m.registry
             .register(Box::new(m.stale_batches.clone()))

@@ -4,6 +4,10 @@
 //! The state only ever contains transactions the engine has featurized, in
 //! partition order; after a restart it is rebuilt from `risk_decisions`, which
 //! holds exactly the committed ones, so both paths give the same features.
+//!
+//! Windows are incremental: each remembered transaction carries the running
+//! total of the card's cents before it, so a window's count and sum are two
+//! binary searches and a subtraction, whatever the card's size.
 
 use super::{CARD_WINDOW_DAYS, HISTORY_LEN, MCC_CONTEXT_LEN, MS_PER_DAY};
 use std::collections::{HashMap, VecDeque};
@@ -44,9 +48,29 @@ pub fn kept_per_card(history_len: usize) -> usize {
     history_len.max(MCC_CONTEXT_LEN).max(1)
 }
 
+/// An amount in integer cents: window sums are exact and never depend on
+/// the order they were added in.
+pub fn cents(amount: f64) -> i64 {
+    (amount * 100.0).round() as i64
+}
+
+/// A remembered transaction, with the running total of the card's cents
+/// before it (i128: a card's lifetime total cannot overflow).
+#[derive(Debug)]
+struct Kept {
+    tx: PastTx,
+    cents: i64,
+    cents_before: i128,
+}
+
+/// A card's transactions, oldest first by event time.
+type Kepts = VecDeque<Kept>;
+
+static NO_PAST: Kepts = VecDeque::new();
+
 #[derive(Debug)]
 pub struct CardState {
-    cards: HashMap<String, VecDeque<PastTx>>,
+    cards: HashMap<String, Kepts>,
     /// Length of the history sequence; at least `kept_per_card(history_len)`
     /// transactions of each card are kept.
     history_len: usize,
@@ -58,6 +82,52 @@ pub struct CardState {
 impl Default for CardState {
     fn default() -> Self {
         CardState::with_history_len(HISTORY_LEN)
+    }
+}
+
+/// A card's past as a transaction at `ts_ms` sees it: the remembered
+/// transactions up to that time (a late event does not see the card's
+/// later ones, which arrived before it).
+pub struct CardPast<'a> {
+    kept: &'a Kepts,
+    end: usize,
+    cap: usize,
+}
+
+impl<'a> CardPast<'a> {
+    pub fn len(&self) -> usize {
+        self.end
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.end == 0
+    }
+
+    /// The most recent one.
+    pub fn last(&self) -> Option<&'a PastTx> {
+        self.end.checked_sub(1).map(|i| &self.kept[i].tx)
+    }
+
+    /// The `n` most recent, oldest first.
+    pub fn tail(&self, n: usize) -> impl DoubleEndedIterator<Item = &'a PastTx> {
+        self.kept
+            .range(self.end.saturating_sub(n)..self.end)
+            .map(|k| &k.tx)
+    }
+
+    /// `(count, cents)` of the window `[ts_ms − size_ms, ts_ms]`, closed on
+    /// both ends: the past transactions in it and the current one (`own`
+    /// cents). Beyond the per-card cap it covers the most recent `cap`.
+    pub fn window(&self, ts_ms: i64, size_ms: i64, own: i64) -> (i64, i64) {
+        // Everything after `end` is later than the window's start too.
+        let first = self.kept.partition_point(|k| k.tx.ts_ms < ts_ms - size_ms);
+        let first = first.max(self.end.saturating_sub(self.cap.saturating_sub(1)));
+        if first == self.end {
+            return (1, own);
+        }
+        let last = &self.kept[self.end - 1];
+        let sum = last.cents_before + last.cents as i128 - self.kept[first].cents_before;
+        ((self.end - first + 1) as i64, sum as i64 + own)
     }
 }
 
@@ -92,38 +162,92 @@ impl CardState {
         self.cards.contains_key(card_id)
     }
 
-    /// Install a card's history loaded from storage (sorted by time).
+    /// Install a card's history loaded from storage.
     pub fn load(&mut self, card_id: String, mut txs: Vec<PastTx>) {
         txs.sort_by_key(|t| t.ts_ms);
         let excess = txs.len().saturating_sub(self.cap);
-        txs.drain(..excess);
-        self.cards.insert(card_id, txs.into());
+        let mut total = 0i128;
+        let kept = txs
+            .into_iter()
+            .skip(excess)
+            .map(|tx| {
+                let cents = cents(tx.amount);
+                let k = Kept {
+                    tx,
+                    cents,
+                    cents_before: total,
+                };
+                total += cents as i128;
+                k
+            })
+            .collect();
+        self.cards.insert(card_id, kept);
     }
 
     /// The card's remembered transactions, oldest first.
     pub fn history(&self, card_id: &str) -> impl Iterator<Item = &PastTx> {
-        self.cards.get(card_id).into_iter().flatten()
+        self.cards.get(card_id).into_iter().flatten().map(|k| &k.tx)
+    }
+
+    /// The card's past as a transaction at `ts_ms` sees it.
+    pub fn past(&self, card_id: &str, ts_ms: i64) -> CardPast<'_> {
+        let kept = self.cards.get(card_id).unwrap_or(&NO_PAST);
+        // Nearly always the newest: search from the back.
+        let end = if kept.back().is_none_or(|k| k.tx.ts_ms <= ts_ms) {
+            kept.len()
+        } else {
+            kept.partition_point(|k| k.tx.ts_ms <= ts_ms)
+        };
+        CardPast {
+            kept,
+            end,
+            cap: self.cap,
+        }
     }
 
     /// Remember a featurized transaction, keeping time order, and forget what
     /// no window can reach any more.
     pub fn push(&mut self, card_id: &str, tx: PastTx) {
-        let txs = self.cards.entry(card_id.to_owned()).or_default();
-        let at = txs
-            .iter()
-            .rposition(|t| t.ts_ms <= tx.ts_ms)
-            .map_or(0, |i| i + 1);
-        txs.insert(at, tx);
-        let newest = txs.back().map_or(i64::MIN, |t| t.ts_ms);
+        let kept = match self.cards.get_mut(card_id) {
+            Some(k) => k,
+            None => self.cards.entry(card_id.to_owned()).or_default(),
+        };
+        let at = if kept.back().is_none_or(|k| k.tx.ts_ms <= tx.ts_ms) {
+            kept.len()
+        } else {
+            kept.partition_point(|k| k.tx.ts_ms <= tx.ts_ms)
+        };
+        let cents = cents(tx.amount);
+        let cents_before = match at.checked_sub(1) {
+            Some(i) => kept[i].cents_before + kept[i].cents as i128,
+            None => kept.front().map_or(0, |k| k.cents_before),
+        };
+        // A late event: the totals after it grow by its cents.
+        for later in kept.range_mut(at..) {
+            later.cents_before += cents as i128;
+        }
+        kept.insert(
+            at,
+            Kept {
+                tx,
+                cents,
+                cents_before,
+            },
+        );
+        let newest = kept.back().map_or(i64::MIN, |k| k.tx.ts_ms);
         // Keep the entries the history sequence and the MCC context read,
         // whatever their age (at least the previous one, which
         // `secs_since_prev_log` reads).
         let keep = kept_per_card(self.history_len);
-        while txs.len() > keep && txs.front().is_some_and(|t| t.ts_ms < newest - RETENTION_MS) {
-            txs.pop_front();
+        while kept.len() > keep
+            && kept
+                .front()
+                .is_some_and(|k| k.tx.ts_ms < newest - RETENTION_MS)
+        {
+            kept.pop_front();
         }
-        while txs.len() > self.cap {
-            txs.pop_front();
+        while kept.len() > self.cap {
+            kept.pop_front();
         }
     }
 
@@ -143,10 +267,9 @@ impl CardState {
     /// Forget cards idle since before `before_ms`; they reload from storage if seen again.
     pub fn evict_idle(&mut self, before_ms: i64) {
         self.cards
-            .retain(|_, txs| txs.back().is_some_and(|t| t.ts_ms >= before_ms));
+            .retain(|_, kept| kept.back().is_some_and(|k| k.tx.ts_ms >= before_ms));
     }
 }
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,31 +1,38 @@
 //! The featurizer proper: one function from a batch and the state to model inputs.
+//!
+//! Two passes. The first walks the batch in order against the cards' and
+//! terminals' state (which is what makes features sequential): each row
+//! reads its card's windows, previous transaction and history from the
+//! incremental state, then becomes part of it. The second is columnar:
+//! polars turns those raw per-row aggregates into the model's feature
+//! columns in one pass over the batch.
 
-use super::card::{CardState, PastTx};
+use super::card::{cents, CardState, PastTx};
 use super::terminal::TerminalStats;
 use super::{
-    day_of, FeatureBatch, CARD_WINDOW_DAYS, HISTORY_FIELD_COUNT, MCC_CONTEXT_LEN, MS_PER_DAY,
-    NUM_FEATURES,
+    day_of, FeatureBatch, CARD_WINDOW_DAYS, FEATURE_NAMES, HISTORY_FIELD_COUNT, MCC_CONTEXT_LEN,
+    MS_PER_DAY, NUM_FEATURES, TERMINAL_WINDOW_DAYS,
 };
 use crate::event::{Channel, Transaction};
-use chrono::{Datelike, Timelike};
 use polars::prelude::*;
-use std::collections::HashMap;
 use std::sync::Arc;
 
 const MS_PER_HOUR: i64 = 3_600_000;
 /// Used as "time since the previous transaction" for a card's first one.
 const NO_PREVIOUS_SECS: f64 = 30.0 * 86_400.0;
 /// The short card window catching card-testing bursts.
-const BURST_WINDOW: &str = "10m";
+const BURST_WINDOW_MS: i64 = 10 * 60_000;
 
 /// Featurize `batch` (in partition order), then remember its transactions in
 /// `cards`. Rows of the result follow `batch`.
 ///
+/// A row's card windows cover the card's transactions that came before it
+/// (in stream order) and itself, within `[ts − window, ts]`; so a value
+/// never depends on which rows a batch happened to contain. Sums are over
+/// integer cents, so they are exact.
+///
 /// The history sequence is `cards.history_len()` long: the state is what
 /// remembers that many past transactions, so the two cannot disagree.
-///
-/// Card windows are computed by polars over integer cents, so sums are exact
-/// and a value never depends on which rows a batch happened to contain.
 pub fn featurize(
     batch: &[Transaction],
     cards: &mut CardState,
@@ -34,10 +41,10 @@ pub fn featurize(
 ) -> PolarsResult<FeatureBatch> {
     let n = batch.len();
     let k = cards.history_len();
-    let windows = card_windows(batch, cards)?;
+    let mut raw = Raw::with_capacity(n);
     let mut out = FeatureBatch {
         rows: n,
-        features: vec![0.0; n * NUM_FEATURES],
+        features: Vec::new(),
         history: vec![0.0; n * k * HISTORY_FIELD_COUNT],
         history_mask: vec![0.0; n * k],
         history_tx_ids: Vec::with_capacity(n),
@@ -45,51 +52,33 @@ pub fn featurize(
     };
     for (i, tx) in batch.iter().enumerate() {
         let ts_ms = tx.ts.timestamp_millis();
-        let ecom = tx.channel == Some(Channel::Ecom);
-        let f = &mut out.features[i * NUM_FEATURES..(i + 1) * NUM_FEATURES];
-        f[0] = (tx.amount.ln_1p()) as f32;
-        for (w, (count, cents)) in windows.card[i].iter().enumerate() {
-            f[1 + 2 * w] = *count as f32;
-            f[2 + 2 * w] = if *count == 0 {
-                0.0
-            } else {
-                (*cents as f64 / *count as f64 / 100.0) as f32
-            };
+        let own = cents(tx.amount);
+        let past = cards.past(&tx.card_id, ts_ms);
+        for (w, days) in CARD_WINDOW_DAYS.iter().enumerate() {
+            let (count, cents) = past.window(ts_ms, days * MS_PER_DAY, own);
+            raw.card_count[w].push(count);
+            raw.card_cents[w].push(cents);
         }
-        for (w, (count, risk)) in terminals
-            .windows(&tx.terminal_id, day_of(ts_ms), label_delay_days)
-            .iter()
-            .enumerate()
-        {
-            f[7 + 2 * w] = *count;
-            f[8 + 2 * w] = *risk;
+        raw.burst.push(past.window(ts_ms, BURST_WINDOW_MS, own).0);
+        let term = terminals.windows(&tx.terminal_id, day_of(ts_ms), label_delay_days);
+        for (w, (count, risk)) in term.iter().enumerate() {
+            raw.terminal_count[w].push(*count);
+            raw.terminal_risk[w].push(*risk);
         }
-        f[13] = (tx.ts.hour() < 6) as u8 as f32;
-        f[14] = (tx.ts.weekday().number_from_monday() >= 6) as u8 as f32;
-        f[15] = ecom as u8 as f32;
-        let avg_30d = f[6];
-        f[16] = if avg_30d > 0.0 {
-            (tx.amount / avg_30d as f64) as f32
-        } else {
-            1.0
-        };
-        f[17] = windows.burst[i] as f32;
-
-        // Everything below looks at the card's past in event time, as of this row.
-        let past: Vec<&PastTx> = cards
-            .history(&tx.card_id)
-            .filter(|p| p.ts_ms <= ts_ms)
-            .collect();
         let prev = past.last();
-        let gap_secs = prev.map_or(NO_PREVIOUS_SECS, |p| (ts_ms - p.ts_ms) as f64 / 1000.0);
-        f[18] = gap_secs.ln_1p() as f32;
-        f[19] = prev.is_some_and(|p| {
+        raw.gap_secs
+            .push(prev.map_or(NO_PREVIOUS_SECS, |p| (ts_ms - p.ts_ms) as f64 / 1000.0));
+        raw.country_change.push(prev.is_some_and(|p| {
             ts_ms - p.ts_ms <= MS_PER_HOUR
                 && matches!((&p.country, &tx.country), (Some(a), Some(b)) if a.as_ref() != b.as_str())
-        }) as u8 as f32;
+        }));
+        raw.amount.push(tx.amount);
+        raw.ts_ms.push(ts_ms);
+        raw.ecom.push(tx.channel == Some(Channel::Ecom));
 
+        // The history sequence, most recent first.
         let mut ids = Vec::with_capacity(k.min(past.len()));
-        for (pos, p) in past.iter().rev().take(k).enumerate() {
+        for (pos, p) in past.tail(k).rev().enumerate() {
             let h = &mut out.history[(i * k + pos) * HISTORY_FIELD_COUNT..][..HISTORY_FIELD_COUNT];
             h[0] = p.amount.ln_1p() as f32;
             h[1] = (((ts_ms - p.ts_ms) as f64) / 1000.0).ln_1p() as f32;
@@ -98,15 +87,15 @@ pub fn featurize(
             h[4] = p.ecom as u8 as f32;
             h[5] = (p.ts_ms.rem_euclid(MS_PER_DAY) as f64 / MS_PER_DAY as f64) as f32;
             out.history_mask[i * k + pos] = 1.0;
-            ids.push(p.tx_id.to_string());
+            ids.push(p.tx_id.clone());
         }
         out.history_tx_ids.push(ids);
-        let from = past.len().saturating_sub(MCC_CONTEXT_LEN);
-        let mut mccs: Vec<Option<i32>> = past[from..].iter().map(|p| p.mcc).collect();
+        let mut mccs: Vec<Option<i32>> = past.tail(MCC_CONTEXT_LEN).map(|p| p.mcc).collect();
         mccs.push(tx.mcc);
         out.mcc_context.push(mccs);
         cards.push(&tx.card_id, past_tx(tx));
     }
+    out.features = raw.feature_columns()?;
     Ok(out)
 }
 
@@ -115,7 +104,9 @@ pub fn past_tx(tx: &Transaction) -> PastTx {
     PastTx {
         tx_id: Arc::from(tx.tx_id.as_str()),
         ts_ms: tx.ts.timestamp_millis(),
-        amount: tx.amount,
+        // As Postgres stores it (numeric, two decimals), so a card reloaded
+        // after a restart remembers the same amounts.
+        amount: cents(tx.amount) as f64 / 100.0,
         terminal_id: Arc::from(tx.terminal_id.as_str()),
         country: tx.country.as_deref().map(Arc::from),
         ecom: tx.channel == Some(Channel::Ecom),
@@ -123,154 +114,122 @@ pub fn past_tx(tx: &Transaction) -> PastTx {
     }
 }
 
-fn cents(amount: f64) -> i64 {
-    (amount * 100.0).round() as i64
-}
-
-struct CardWindows {
-    /// Per batch row, `(count, sum of cents)` for each of CARD_WINDOW_DAYS.
-    card: Vec<[(i64, i64); 3]>,
-    /// Per batch row, the card's transactions in the burst window.
+/// What the state says of each batch row, column by column.
+struct Raw {
+    amount: Vec<f64>,
+    ts_ms: Vec<i64>,
+    ecom: Vec<bool>,
+    /// Per card window, the count and the sum of cents (the row included).
+    card_count: [Vec<i64>; CARD_WINDOW_DAYS.len()],
+    card_cents: [Vec<i64>; CARD_WINDOW_DAYS.len()],
     burst: Vec<i64>,
+    terminal_count: [Vec<f32>; TERMINAL_WINDOW_DAYS.len()],
+    terminal_risk: [Vec<f32>; TERMINAL_WINDOW_DAYS.len()],
+    gap_secs: Vec<f64>,
+    country_change: Vec<bool>,
 }
 
-/// Rolling card windows (closed on both ends, so the current transaction
-/// counts) over each card's remembered transactions plus the batch.
-fn card_windows(batch: &[Transaction], cards: &CardState) -> PolarsResult<CardWindows> {
-    // One integer per card keeps the frame small; rows sorted by (card, time)
-    // let polars roll each card's group in one pass.
-    let mut card_ix: HashMap<&str, u32> = HashMap::with_capacity(batch.len());
-    for tx in batch {
-        let next = card_ix.len() as u32;
-        card_ix.entry(tx.card_id.as_str()).or_insert(next);
-    }
-    // (card, ts_ms, order, cents, batch row or -1)
-    let mut rows: Vec<(u32, i64, u32, i64, i64)> = Vec::with_capacity(batch.len() * 8);
-    for (card, &ix) in &card_ix {
-        for (order, p) in cards.history(card).enumerate() {
-            rows.push((ix, p.ts_ms, order as u32, cents(p.amount), -1));
+impl Raw {
+    fn with_capacity(n: usize) -> Raw {
+        macro_rules! v {
+            () => {
+                Vec::with_capacity(n)
+            };
+        }
+        Raw {
+            amount: v!(),
+            ts_ms: v!(),
+            ecom: v!(),
+            card_count: [v!(), v!(), v!()],
+            card_cents: [v!(), v!(), v!()],
+            burst: v!(),
+            terminal_count: [v!(), v!(), v!()],
+            terminal_risk: [v!(), v!(), v!()],
+            gap_secs: v!(),
+            country_change: v!(),
         }
     }
-    for (i, tx) in batch.iter().enumerate() {
-        rows.push((
-            card_ix[tx.card_id.as_str()],
-            tx.ts.timestamp_millis(),
-            u32::MAX / 2 + i as u32,
-            cents(tx.amount),
-            i as i64,
-        ));
-    }
-    rows.sort_unstable_by_key(|r| (r.0, r.1, r.2));
-    // A card's transactions at the same millisecond are ordered by arrival
-    // (a microsecond apart), so a window ends at the current transaction
-    // whether or not a same-time successor happens to be in the same batch.
-    let mut ts_us: Vec<i64> = Vec::with_capacity(rows.len());
-    for (i, r) in rows.iter().enumerate() {
-        let tie = match i.checked_sub(1).map(|j| &rows[j]) {
-            Some(prev) if (prev.0, prev.1) == (r.0, r.1) => (ts_us[i - 1] % 1000 + 1).min(999),
-            _ => 0,
-        };
-        ts_us.push(r.1 * 1000 + tie);
-    }
 
-    let df = DataFrame::new_infer_height(vec![
-        Column::new("card".into(), rows.iter().map(|r| r.0).collect::<Vec<_>>()),
-        Column::new("ts".into(), ts_us).cast(&DataType::Datetime(TimeUnit::Microseconds, None))?,
-        Column::new("cents".into(), rows.iter().map(|r| r.3).collect::<Vec<_>>()),
-        Column::new("one".into(), vec![1i64; rows.len()]),
-        Column::new("row".into(), rows.iter().map(|r| r.4).collect::<Vec<_>>()),
-    ])?;
-    let window = |size: &str| RollingOptionsDynamicWindow {
-        window_size: Duration::parse(size),
-        min_periods: 1,
-        closed_window: ClosedWindow::Both,
-        fn_params: None,
-    };
-    let mut exprs = Vec::new();
-    for days in CARD_WINDOW_DAYS {
-        let size = format!("{days}d");
-        exprs.push(
-            col("one")
-                .rolling_sum_by(col("ts"), window(&size))
-                .over([col("card")])?
-                .alias(format!("n{days}")),
-        );
-        exprs.push(
-            col("cents")
-                .rolling_sum_by(col("ts"), window(&size))
-                .over([col("card")])?
-                .alias(format!("s{days}")),
-        );
-    }
-    exprs.push(
-        col("one")
-            .rolling_sum_by(col("ts"), window(BURST_WINDOW))
-            .over([col("card")])?
-            .alias("burst"),
-    );
-    let out = df
-        .lazy()
-        .with_columns(exprs)
-        .filter(col("row").gt_eq(lit(0i64)))
-        .collect()?;
-
-    // Beyond the per-card cap a window covers the card's most recent `cap`
-    // transactions: the count saturates, the sum is over those, from
-    // prefix sums over the frame (which holds at least `cap` of the card's
-    // transactions before any row whose window exceeds the cap).
-    let cap = cards.cap() as i64;
-    let mut prefix: Vec<i64> = Vec::with_capacity(rows.len() + 1);
-    prefix.push(0);
-    let mut frame_row = Vec::with_capacity(batch.len());
-    for (j, r) in rows.iter().enumerate() {
-        let same_card = j > 0 && rows[j - 1].0 == r.0;
-        prefix.push(if same_card { prefix[j] } else { 0 } + r.3);
-        if r.4 >= 0 {
-            frame_row.push(j);
-        }
-    }
-    let capped = |k: usize, (n, s): (i64, i64)| -> (i64, i64) {
-        if n <= cap {
-            return (n, s);
-        }
-        let j = frame_row[k] + 1;
-        (cap, prefix[j] - prefix[j - cap as usize])
-    };
-
-    let row = out.column("row")?.i64()?;
-    let get = |name: &str| -> PolarsResult<Vec<i64>> {
-        Ok(out
-            .column(name)?
-            .i64()?
-            .iter()
-            .map(|v| v.unwrap_or(0))
-            .collect())
-    };
-    let (n1, s1, n7, s7, n30, s30, burst) = (
-        get("n1")?,
-        get("s1")?,
-        get("n7")?,
-        get("s7")?,
-        get("n30")?,
-        get("s30")?,
-        get("burst")?,
-    );
-    let mut result = CardWindows {
-        card: vec![[(0, 0); 3]; batch.len()],
-        burst: vec![0; batch.len()],
-    };
-    for (k, r) in row.iter().enumerate() {
-        let r = r.expect("filtered to batch rows") as usize;
-        result.card[r] = [
-            capped(k, (n1[k], s1[k])),
-            capped(k, (n7[k], s7[k])),
-            capped(k, (n30[k], s30[k])),
+    /// The model's features, row-major in [`FEATURE_NAMES`] order, computed
+    /// by polars in one columnar pass.
+    fn feature_columns(self) -> PolarsResult<Vec<f32>> {
+        let rows = self.amount.len();
+        let mut columns = vec![
+            Column::new("amount".into(), self.amount),
+            Column::new("ts".into(), self.ts_ms)
+                .cast(&DataType::Datetime(TimeUnit::Milliseconds, None))?,
+            Column::new("ecom".into(), self.ecom),
+            Column::new("burst".into(), self.burst),
+            Column::new("gap_secs".into(), self.gap_secs),
+            Column::new("country_change".into(), self.country_change),
         ];
-        result.burst[r] = burst[k].min(cap);
-    }
-    Ok(result)
-}
+        let card = CARD_WINDOW_DAYS
+            .iter()
+            .zip(self.card_count)
+            .zip(self.card_cents);
+        for ((days, count), cents) in card {
+            columns.push(Column::new(format!("n{days}").into(), count));
+            columns.push(Column::new(format!("s{days}").into(), cents));
+        }
+        let terminal = TERMINAL_WINDOW_DAYS
+            .iter()
+            .zip(self.terminal_count)
+            .zip(self.terminal_risk);
+        for ((days, count), risk) in terminal {
+            columns.push(Column::new(format!("tn{days}").into(), count));
+            columns.push(Column::new(format!("tr{days}").into(), risk));
+        }
+        let f32_ = |e: Expr| e.cast(DataType::Float32);
+        // Mean amount in a window (its count is at least 1: the row itself).
+        let avg = |days: i64| {
+            f32_(
+                col(format!("s{days}")).cast(DataType::Float64)
+                    / col(format!("n{days}")).cast(DataType::Float64)
+                    / lit(100.0),
+            )
+        };
+        let mut exprs = vec![f32_(col("amount").log1p())];
+        for days in CARD_WINDOW_DAYS {
+            exprs.push(f32_(col(format!("n{days}"))));
+            exprs.push(avg(days));
+        }
+        for days in TERMINAL_WINDOW_DAYS {
+            exprs.push(col(format!("tn{days}")));
+            exprs.push(col(format!("tr{days}")));
+        }
+        let avg_30d = avg(CARD_WINDOW_DAYS[2]).cast(DataType::Float64);
+        exprs.extend([
+            f32_(col("ts").dt().hour().lt(lit(6))),
+            f32_(col("ts").dt().weekday().gt_eq(lit(6))),
+            f32_(col("ecom")),
+            f32_(
+                when(avg_30d.clone().gt(lit(0.0)))
+                    .then(col("amount") / avg_30d)
+                    .otherwise(lit(1.0)),
+            ),
+            f32_(col("burst")),
+            f32_(col("gap_secs").log1p()),
+            f32_(col("country_change")),
+        ]);
+        let exprs: Vec<Expr> = exprs
+            .into_iter()
+            .zip(FEATURE_NAMES)
+            .map(|(e, name)| e.alias(name))
+            .collect();
+        let frame = DataFrame::new(rows, columns)?
+            .lazy()
+            .select(exprs)
+            .collect()?;
 
+        let mut features = vec![0.0f32; rows * NUM_FEATURES];
+        for (j, column) in frame.columns().iter().enumerate() {
+            for (i, v) in column.f32()?.iter().enumerate() {
+                features[i * NUM_FEATURES + j] = v.unwrap_or(0.0);
+            }
+        }
+        Ok(features)
+    }
+}
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -326,7 +285,14 @@ mod tests {
         assert_eq!(feature(&b2, 1, "card_count_1d"), 1.0);
         assert_eq!(feature(&b2, 1, "card_count_7d"), 3.0);
         assert_eq!(feature(&b2, 1, "card_avg_amount_7d"), 30.0);
-        assert_eq!(b2.history_tx_ids[1], ["c", "a"], "most recent first");
+        assert_eq!(
+            b2.history_tx_ids[1]
+                .iter()
+                .map(|s| &**s)
+                .collect::<Vec<_>>(),
+            ["c", "a"],
+            "most recent first"
+        );
         assert_eq!(
             feature(&b2, 1, "secs_since_prev_log"),
             ((72 * H) as f64).ln_1p() as f32
@@ -507,5 +473,71 @@ mod tests {
             long.history_mask[599 * 64..][..64].iter().sum::<f32>(),
             64.0
         );
+    }
+
+    /// Card windows against their definition, computed the slow way: a
+    /// row's window holds the card's earlier rows (in stream order) whose
+    /// time is within `[ts − size, ts]`, and the row itself. The stream has
+    /// late events (up to two days back), same-second ties and quiet days;
+    /// any batching gives the same values.
+    #[test]
+    fn card_windows_follow_their_definition_in_any_batching() {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(11);
+        let mut clock = 0i64;
+        let txs: Vec<_> = (0..1_500)
+            .map(|i| {
+                clock += rng.gen_range(0..1_800);
+                let late = if rng.gen_bool(0.1) {
+                    rng.gen_range(0..2 * 24 * H)
+                } else {
+                    0
+                };
+                let amount = (rng.gen_range(0..100_000) as f64) / 100.0;
+                tx(
+                    &format!("t{i}"),
+                    &format!("c{}", rng.gen_range(0..6)),
+                    "m",
+                    clock - late,
+                    amount,
+                    "FR",
+                )
+            })
+            .collect();
+        let want: Vec<[f32; 7]> = txs
+            .iter()
+            .enumerate()
+            .map(|(i, t)| {
+                let at = t.ts.timestamp_millis();
+                let window = |size_ms: i64| {
+                    let rows = txs[..=i].iter().filter(|p| {
+                        let ms = p.ts.timestamp_millis();
+                        p.card_id == t.card_id && ms <= at && ms >= at - size_ms
+                    });
+                    rows.fold((0i64, 0i64), |(n, s), p| (n + 1, s + cents(p.amount)))
+                };
+                let mut row = [0f32; 7];
+                for (w, days) in CARD_WINDOW_DAYS.iter().enumerate() {
+                    let (n, s) = window(days * MS_PER_DAY);
+                    row[2 * w] = n as f32;
+                    row[2 * w + 1] = (s as f64 / n as f64 / 100.0) as f32;
+                }
+                row[6] = window(BURST_WINDOW_MS).0 as f32;
+                row
+            })
+            .collect();
+        let terms = TerminalStats::default();
+        for size in [1, 13, 250, txs.len()] {
+            let mut cards = CardState::default();
+            let mut got = Vec::new();
+            for chunk in txs.chunks(size) {
+                let b = featurize(chunk, &mut cards, &terms, 7).unwrap();
+                for r in 0..b.rows {
+                    let f = b.row_features(r);
+                    got.push([f[1], f[2], f[3], f[4], f[5], f[6], f[17]]);
+                }
+            }
+            assert_eq!(got, want, "batches of {size}");
+        }
     }
 }

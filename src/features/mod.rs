@@ -3,20 +3,23 @@
 //!
 //! The same code runs online (`riskstream run`) and offline
 //! (`riskstream features`, which produces training data), so training and
-//! serving cannot drift. Card windows are computed with polars over the batch
-//! and the cards' remembered transactions; terminal windows come from
-//! [`TerminalStats`], which only ever holds *closed* days.
+//! serving cannot drift. Card windows come from the cards' incremental
+//! state ([`CardState`]), terminal windows from [`TerminalStats`], which
+//! only ever holds *closed* days; polars turns them into the feature
+//! columns in one columnar pass per batch.
 //!
 //! Features depend on event time only, never on arrival time, so a replay of
 //! the same partitions computes the same values. This module is pure CPU work:
 //! callers run it on a blocking thread, never on the async runtime.
+
+use std::sync::Arc;
 
 mod card;
 mod compute;
 pub mod offline;
 mod terminal;
 
-pub use card::{kept_per_card, CardState, PastTx, MAX_PER_CARD};
+pub use card::{cents, kept_per_card, CardPast, CardState, PastTx, MAX_PER_CARD};
 pub use compute::featurize;
 pub use terminal::{needed_days as terminal_needed_days, FraudReport, TerminalStats};
 
@@ -88,7 +91,7 @@ pub struct FeatureBatch {
     /// `rows × K`, 1 for a real past transaction, 0 for padding.
     pub history_mask: Vec<f32>,
     /// For each row, the tx_ids at each history position (shorter when padded).
-    pub history_tx_ids: Vec<Vec<String>>,
+    pub history_tx_ids: Vec<Vec<Arc<str>>>,
     /// For each row, the card's MCC context: the MCCs of its last (up to
     /// [`MCC_CONTEXT_LEN`]) earlier transactions, oldest first, followed by
     /// the row's own MCC (always the last element; `None` = no MCC).

@@ -52,6 +52,9 @@ pub(super) async fn sink_stage(
             m.dead_letters.with_label_values(&[kind]).inc();
         }
         m.labels.inc_by(written.labels as u64);
+        if written.copy_refused {
+            m.sink_copy_refused.inc();
+        }
         for o in &batch.offsets {
             let partition = o.partition.to_string();
             let labels = [o.topic.as_str(), partition.as_str()];

@@ -16,7 +16,12 @@ use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 use tracing::Instrument;
 
-/// Collect records into batches (≤ N rows or ≤ T ms), decode, and featurize.
+/// How often a stage holding an open batch looks whether the score stage
+/// has freed up.
+const DOWNSTREAM_TICK: Duration = Duration::from_millis(1);
+
+/// Collect records into batches (adaptively: see the read below; ≤ N rows,
+/// ≤ T ms), decode, and featurize.
 ///
 /// Records wait in [`batch::Pending`] per partition; batches are taken oldest
 /// first. A batch whose terminal days are not closed yet goes back, and the
@@ -50,21 +55,39 @@ pub(super) async fn featurize_stage(
         // idle stage would wait forever (found by the 1M chaos run's
         // fault-free baseline, frozen at 547k records).
         pauses.set(pending.partitions_over(p.channel_capacity_rows / 2));
-        // Read: wait for work when there is none, then take whatever else
-        // arrives within a batch's wait, up to a batch (while blocked on
-        // the watermark, without a row cap; the pauses bound it).
+        // Read: wait for work when there is none, then close the batch as
+        // soon as the score stage has nothing queued and nothing more is
+        // waiting in the channel (adaptive micro-batching: at low load a
+        // batch is what arrived meanwhile, so latency is the stages' own
+        // time; under load the stages are busy, batches grow and each
+        // stage's per-batch cost is shared by more rows), at a full batch,
+        // or `batch_max_wait_ms` after its first record. While blocked on
+        // the watermark: read for up to 20 ms, without a row cap (the
+        // pauses bound it).
         let mut barrier = None;
         if input_open {
             let idle = pending.is_empty() && blocked_since.is_none();
             let mut until =
                 (!idle).then(|| tokio::time::Instant::now() + Duration::from_millis(20));
             loop {
-                let next = match until {
+                let open = blocked_since.is_none() && !pending.is_empty();
+                let downstream_free = out.capacity() == out.max_capacity();
+                if open && downstream_free && input.is_empty() {
+                    break;
+                }
+                // With a batch open, look again at the score stage every
+                // tick: it may free up without any record arriving.
+                let wake = until.map(|t| match open {
+                    true => t.min(tokio::time::Instant::now() + DOWNSTREAM_TICK),
+                    false => t,
+                });
+                let next = match wake {
                     None => Ok(input.recv().await),
                     Some(t) => tokio::time::timeout_at(t, input.recv()).await,
                 };
                 match next {
-                    Err(_) => break,
+                    Err(_) if until.is_some_and(|t| tokio::time::Instant::now() >= t) => break,
+                    Err(_) => continue,
                     Ok(None) => {
                         input_open = false;
                         break;

@@ -121,8 +121,14 @@ pub struct Scorer {
     sessions: Arc<Mutex<Vec<Session>>>,
     permits: Arc<Semaphore>,
     max_batch: usize,
+    /// Sessions in the pool: a batch is split into at most this many parts.
+    workers: usize,
     io: Io,
 }
+
+/// A batch is split across sessions only into parts at least this large:
+/// below it, a session's fixed cost per run outweighs the parallelism.
+const MIN_ROWS_PER_SESSION: usize = 128;
 
 impl Scorer {
     /// Verify the model directory against the engine's contract and open
@@ -171,6 +177,7 @@ impl Scorer {
             manifest,
             dir: dir.to_owned(),
             permits: Arc::new(Semaphore::new(sessions.len())),
+            workers: sessions.len(),
             sessions: Arc::new(Mutex::new(sessions)),
             max_batch: max_batch.max(1),
             io,
@@ -182,8 +189,31 @@ impl Scorer {
         self.io.history_len
     }
 
-    /// Score a batch on the blocking pool, in chunks of at most `max_batch` rows.
+    /// Score a batch on the blocking pool, in chunks of at most `max_batch`
+    /// rows. A batch large enough is split across the sessions, which score
+    /// their parts at once (the rows' order is kept): with the pipeline's
+    /// stages otherwise waiting on the score stage, that is where a second
+    /// core helps.
     pub async fn score(&self, batch: Arc<FeatureBatch>) -> Result<Vec<Scored>, ScoringError> {
+        let parts = (batch.rows / MIN_ROWS_PER_SESSION).clamp(1, self.workers);
+        let per_part = batch.rows.div_ceil(parts);
+        let runs = (0..parts).map(|i| {
+            let rows = i * per_part..((i + 1) * per_part).min(batch.rows);
+            self.score_rows(batch.clone(), rows)
+        });
+        let mut scored = Vec::with_capacity(batch.rows);
+        for part in futures::future::join_all(runs).await {
+            scored.extend(part?);
+        }
+        Ok(scored)
+    }
+
+    /// Score `rows` of `batch` on one session, on the blocking pool.
+    async fn score_rows(
+        &self,
+        batch: Arc<FeatureBatch>,
+        rows: std::ops::Range<usize>,
+    ) -> Result<Vec<Scored>, ScoringError> {
         let _permit = self
             .permits
             .acquire()
@@ -197,7 +227,7 @@ impl Scorer {
                 .expect("pool lock")
                 .pop()
                 .expect("a permit guarantees a session");
-            let result = run_chunks(&mut session, &batch, max_batch, &io);
+            let result = run_chunks(&mut session, &batch, rows, max_batch, &io);
             sessions.lock().expect("pool lock").push(session);
             result.map_err(|message| ScoringError::Inference {
                 model: name,
@@ -219,7 +249,7 @@ impl Scorer {
             .expect("pool lock")
             .pop()
             .expect("no concurrent blocking use");
-        let result = run_chunks(&mut session, batch, self.max_batch, &self.io);
+        let result = run_chunks(&mut session, batch, 0..batch.rows, self.max_batch, &self.io);
         self.sessions.lock().expect("pool lock").push(session);
         result.map_err(|message| ScoringError::Inference {
             model: self.manifest.name.clone(),
@@ -361,9 +391,11 @@ fn check_session(s: &Session, m: &Manifest) -> Result<(), String> {
     Ok(())
 }
 
+/// Score `rows` of `b`, in chunks of at most `max_batch`.
 fn run_chunks(
     session: &mut Session,
     b: &FeatureBatch,
+    rows: std::ops::Range<usize>,
     max_batch: usize,
     io: &Io,
 ) -> Result<Vec<Scored>, String> {
@@ -378,10 +410,10 @@ fn run_chunks(
             b.history_len()
         ));
     }
-    let mut out = Vec::with_capacity(b.rows);
-    let mut start = 0;
-    while start < b.rows {
-        let n = (b.rows - start).min(max_batch);
+    let mut out = Vec::with_capacity(rows.len());
+    let mut start = rows.start;
+    while start < rows.end {
+        let n = (rows.end - start).min(max_batch);
         let feats = &b.features[start * NUM_FEATURES..(start + n) * NUM_FEATURES];
         let hist =
             &b.history[start * k * HISTORY_FIELD_COUNT..(start + n) * k * HISTORY_FIELD_COUNT];

@@ -11,12 +11,15 @@
 //! This module also owns the reads that rebuild engine state from Postgres:
 //! partition claims, card histories and terminal statistics.
 
+mod copy;
 pub mod schema;
 pub mod state;
 
 use crate::decision::ThresholdSet;
+use crate::features;
 use crate::scoring::Manifest;
 use chrono::{DateTime, Utc};
+use copy::BinaryCopy;
 use sqlx::postgres::{PgPool, PgPoolOptions};
 use sqlx::Row;
 use std::time::Duration;
@@ -255,9 +258,6 @@ pub async fn committed_progress(
         .collect())
 }
 
-/// The key of the merchant language model's surprise in `risk_decisions.features`.
-pub const MCC_SURPRISE: &str = "mcc_surprise";
-
 /// One decided transaction, ready to store.
 #[derive(Debug, Clone)]
 pub struct DecisionRow {
@@ -266,7 +266,7 @@ pub struct DecisionRow {
     pub decision: crate::decision::Decision,
     pub features: Vec<f32>,
     pub feature_weights: Vec<f32>,
-    pub history_tx_ids: Vec<String>,
+    pub history_tx_ids: Vec<std::sync::Arc<str>>,
     pub history_weights: Vec<f32>,
     pub state_complete: bool,
     /// −log p(this MCC | the card's previous MCCs) under the merchant language
@@ -355,6 +355,9 @@ pub struct Written {
     pub labels: usize,
     /// The kind of each dead letter written (for metrics).
     pub dead_kinds: Vec<&'static str>,
+    /// Postgres refused the batch's binary COPY (a tx_id decided meanwhile,
+    /// or a value it does not take): it went in by the INSERT path.
+    pub copy_refused: bool,
 }
 
 /// The identity of the model and thresholds that decided a batch.
@@ -420,7 +423,21 @@ pub async fn write_batch(
     let decisions: Vec<&DecisionRow> = b.decisions.iter().collect();
     match mode {
         Mode::Bulk => {
-            insert_decided(&mut tx, p, &decisions, &mut dead, &mut written).await?;
+            // Binary COPY, all or nothing; a tx_id decided meanwhile by
+            // another instance (or a value Postgres refuses) sends the
+            // batch down the INSERT path, which sorts such rows out.
+            let copied = isolated(&mut tx, async |tx: &mut sqlx::PgConnection| {
+                copy_decided(tx, p, &decisions).await
+            })
+            .await?;
+            match copied {
+                Ok(()) => written.decisions += decisions.len(),
+                Err(e) => {
+                    tracing::info!(error = %e, rows = decisions.len(), "postgres refused the batch's COPY; inserting it");
+                    written.copy_refused = true;
+                    insert_decided(&mut tx, p, &decisions, &mut dead, &mut written).await?
+                }
+            }
             insert_labels(&mut tx, &b.labels).await?;
             written.labels = b.labels.len();
         }
@@ -610,34 +627,17 @@ async fn insert_decisions(
     p: &Provenance,
     rows: &[&DecisionRow],
 ) -> Result<Vec<String>, SinkError> {
-    let features: Vec<String> = rows
-        .iter()
-        .map(|d| {
-            let mut map: serde_json::Map<String, serde_json::Value> = p
-                .feature_names
-                .iter()
-                .cloned()
-                .zip(d.features.iter().map(|v| serde_json::json!(v)))
-                .collect();
-            // Not a fraud model input (yet): stored beside them so a model
-            // trained on the stored features can use it.
-            if let Some(s) = d.mcc_surprise {
-                map.insert(MCC_SURPRISE.into(), serde_json::json!(s));
-            }
-            serde_json::Value::Object(map).to_string()
-        })
-        .collect();
     let out = sqlx::query(
         "INSERT INTO risk_decisions (tx_id, ts, card_id, terminal_id, amount, currency, mcc, channel, country,
                 score, decision, model_name, model_version, model_sha256, threshold_version, features,
                 state_complete, source_topic, source_partition, source_offset, kafka_ts, mcc_surprise)
-         SELECT u.tx_id, u.ts, u.card_id, u.terminal_id, u.amount::numeric(14, 2), u.currency, u.mcc, u.channel,
-                u.country, u.score, u.decision, $14, $15, $16, $17, u.features::jsonb, u.complete, $18,
+         SELECT u.tx_id, u.ts, u.card_id, u.terminal_id, (u.cents::numeric / 100)::numeric(14, 2), u.currency, u.mcc, u.channel,
+                u.country, u.score, u.decision, $14, $15, $16, $17, u.features::real[], u.complete, $18,
                 u.part, u.off, u.kafka_ts, u.surprise
-           FROM unnest($1::text[], $2::timestamptz[], $3::text[], $4::text[], $5::float8[], $6::text[],
+           FROM unnest($1::text[], $2::timestamptz[], $3::text[], $4::text[], $5::bigint[], $6::text[],
                        $7::int[], $8::text[], $9::text[], $10::real[], $11::text[], $12::text[], $13::bool[],
                        $19::int[], $20::bigint[], $21::timestamptz[], $22::real[])
-             AS u(tx_id, ts, card_id, terminal_id, amount, currency, mcc, channel, country, score, decision,
+             AS u(tx_id, ts, card_id, terminal_id, cents, currency, mcc, channel, country, score, decision,
                   features, complete, part, off, kafka_ts, surprise)
          ON CONFLICT (tx_id) DO NOTHING
          RETURNING tx_id",
@@ -646,14 +646,14 @@ async fn insert_decisions(
     .bind(rows.iter().map(|d| d.tx.ts).collect::<Vec<_>>())
     .bind(rows.iter().map(|d| d.tx.card_id.as_str()).collect::<Vec<_>>())
     .bind(rows.iter().map(|d| d.tx.terminal_id.as_str()).collect::<Vec<_>>())
-    .bind(rows.iter().map(|d| d.tx.amount).collect::<Vec<_>>())
+    .bind(rows.iter().map(|d| features::cents(d.tx.amount)).collect::<Vec<_>>())
     .bind(rows.iter().map(|d| d.tx.currency.as_deref()).collect::<Vec<_>>())
     .bind(rows.iter().map(|d| d.tx.mcc).collect::<Vec<_>>())
     .bind(rows.iter().map(|d| d.tx.channel.map(|c| c.as_str())).collect::<Vec<_>>())
     .bind(rows.iter().map(|d| d.tx.country.as_deref()).collect::<Vec<_>>())
     .bind(rows.iter().map(|d| d.score).collect::<Vec<_>>())
     .bind(rows.iter().map(|d| d.decision.as_str()).collect::<Vec<_>>())
-    .bind(features)
+    .bind(rows.iter().map(|d| real_array(&d.features)).collect::<Vec<_>>())
     .bind(rows.iter().map(|d| d.state_complete).collect::<Vec<_>>())
     .bind(&p.model_name)
     .bind(&p.model_version)
@@ -667,6 +667,92 @@ async fn insert_decisions(
     .fetch_all(&mut *tx)
     .await?;
     Ok(out.iter().map(|r| r.get(0)).collect())
+}
+
+/// The bulk path's fast lane: decisions and explanations as two binary
+/// `COPY` streams. All or nothing: a tx_id decided meanwhile (by another
+/// instance) or a value Postgres refuses fails it, and the caller, under a
+/// savepoint, falls back to [`insert_decided`], which sorts such rows out.
+async fn copy_decided(
+    tx: &mut sqlx::PgConnection,
+    p: &Provenance,
+    rows: &[&DecisionRow],
+) -> Result<(), SinkError> {
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let mut decisions = BinaryCopy::new(rows.len() * 320);
+    for d in rows {
+        let t = &d.tx;
+        decisions
+            .row(22)
+            .text(&t.tx_id)
+            .timestamptz(t.ts)
+            .text(&t.card_id)
+            .text(&t.terminal_id)
+            .numeric_cents(features::cents(t.amount))
+            .opt_text(t.currency.as_deref())
+            .opt_int4(t.mcc)
+            .opt_text(t.channel.map(|c| c.as_str()))
+            .opt_text(t.country.as_deref())
+            .float4(d.score)
+            .text(d.decision.as_str())
+            .text(&p.model_name)
+            .text(&p.model_version)
+            .text(&p.model_sha256)
+            .int4(p.threshold_version)
+            .float4_array(&d.features)
+            .bool(d.state_complete)
+            .text(&p.source_topic)
+            .int4(d.partition)
+            .int8(d.offset)
+            .opt_timestamptz(d.kafka_ts)
+            .opt_float4(d.mcc_surprise);
+    }
+    copy_in(
+        tx,
+        "COPY risk_decisions (tx_id, ts, card_id, terminal_id, amount, currency, mcc, channel, country,
+              score, decision, model_name, model_version, model_sha256, threshold_version, features,
+              state_complete, source_topic, source_partition, source_offset, kafka_ts, mcc_surprise)
+         FROM STDIN (FORMAT binary)",
+        decisions.finish(),
+    )
+    .await?;
+    let mut explanations = BinaryCopy::new(rows.len() * 640);
+    for d in rows {
+        explanations
+            .row(4)
+            .text(&d.tx.tx_id)
+            .float4_array(&d.feature_weights)
+            .text_array(&d.history_tx_ids)
+            .float4_array(&d.history_weights);
+    }
+    copy_in(
+        tx,
+        "COPY attention_explanations (tx_id, feature_weights, history_tx_ids, history_weights)
+         FROM STDIN (FORMAT binary)",
+        explanations.finish(),
+    )
+    .await
+}
+
+async fn copy_in(
+    tx: &mut sqlx::PgConnection,
+    statement: &str,
+    data: Vec<u8>,
+) -> Result<(), SinkError> {
+    let mut copy = tx.copy_in_raw(statement).await?;
+    if let Err(e) = copy.send(data).await {
+        // The server's error, if it sent one, is the better one to report.
+        return Err(
+            match copy.abort("the engine could not send the batch").await {
+                Err(server) => server.into(),
+                Ok(()) => e.into(),
+            },
+        );
+    }
+    copy.finish().await?;
+    Ok(())
 }
 
 /// Explanations go in as one Postgres array literal per row and column:
@@ -714,10 +800,10 @@ fn real_array(values: &[f32]) -> String {
 }
 
 /// `{"a","b \"c\""}`: every element quoted, `"` and `\` escaped.
-fn text_array(values: &[String]) -> String {
+fn text_array<S: AsRef<str>>(values: &[S]) -> String {
     array_literal(values, |out, v| {
         out.push('"');
-        for c in v.chars() {
+        for c in v.as_ref().chars() {
             if c == '"' || c == '\\' {
                 out.push('\\');
             }

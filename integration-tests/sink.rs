@@ -1,0 +1,187 @@
+//! The sink on the real Postgres, below the engine: what its binary COPY
+//! writes reads back as sent, and a tx_id another instance decided meanwhile
+//! (which the featurize stage's check cannot see) turns the COPY into the
+//! INSERT path's duplicate, not a failure.
+
+use crate::common::{model_dir, World};
+use chrono::{DateTime, Utc};
+use riskstream::config::ThresholdConfig;
+use riskstream::decision::{Decision, ThresholdSet};
+use riskstream::event::{Channel, Transaction};
+use riskstream::scoring::Manifest;
+use riskstream::sink::{
+    self, DeadLetter, DecisionRow, Mode, OffsetUpdate, Provenance, PublishDeadLetters, SinkBatch,
+};
+use sqlx::Row;
+use std::sync::Mutex;
+
+/// The DLQ topic's stand-in: this test is about Postgres.
+#[derive(Default)]
+struct Published(Mutex<Vec<DeadLetter>>);
+
+impl PublishDeadLetters for Published {
+    fn publish<'a>(
+        &'a self,
+        dead: &'a [DeadLetter],
+    ) -> futures::future::BoxFuture<'a, Result<(), String>> {
+        Box::pin(async move {
+            self.0.lock().unwrap().extend(dead.iter().cloned());
+            Ok(())
+        })
+    }
+}
+
+fn at(s: &str) -> DateTime<Utc> {
+    DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)
+}
+
+fn row(id: &str, offset: i64, amount: f64) -> DecisionRow {
+    DecisionRow {
+        tx: Transaction {
+            tx_id: id.into(),
+            ts: at("2026-03-01T10:00:00.123456Z"),
+            card_id: "card-é".into(),
+            terminal_id: "term-1".into(),
+            amount,
+            currency: (offset % 2 == 0).then(|| "EUR".into()),
+            mcc: (offset % 2 == 0).then_some(5411),
+            channel: Some(Channel::Ecom),
+            country: None,
+        },
+        score: 0.625,
+        decision: Decision::Review,
+        features: (0..20).map(|i| i as f32 / 7.0 - 1.0).collect(),
+        feature_weights: (0..20).map(|i| i as f32 / 190.0).collect(),
+        history_tx_ids: vec!["h-1".into(), r#"we"ird\id,{}"#.into()],
+        history_weights: vec![0.75, 0.25],
+        state_complete: offset % 2 == 0,
+        mcc_surprise: (offset % 2 == 1).then_some(3.5),
+        partition: 0,
+        offset,
+        kafka_ts: (offset % 2 == 0).then(|| at("2026-03-01T10:00:01.5Z")),
+    }
+}
+
+#[tokio::test]
+async fn copied_rows_read_back_as_sent_and_a_tx_id_decided_meanwhile_is_a_duplicate() {
+    let world = World::new("sink_copy", 1).await;
+    let pool = &world.pool;
+    let manifest = Manifest::read(&model_dir()).unwrap();
+    sink::register_model(pool, &manifest).await.unwrap();
+    let thresholds = ThresholdSet::new(ThresholdConfig {
+        review: 0.5,
+        decline: 0.9,
+        changed_by: "sink test".into(),
+        channel: Default::default(),
+    });
+    let version = sink::register_thresholds(pool, &thresholds).await.unwrap();
+    let claim = sink::claim_partitions(pool, "g", "tx", &[0], "sink-test")
+        .await
+        .unwrap();
+    let p = Provenance {
+        model_name: manifest.name.clone(),
+        model_version: manifest.version.clone(),
+        model_sha256: manifest.sha256.clone(),
+        threshold_version: version,
+        feature_names: manifest.feature_names.clone(),
+        source_topic: "tx".into(),
+    };
+    let batch = |decisions: Vec<DecisionRow>, next_offset: i64| SinkBatch {
+        decisions,
+        offsets: vec![OffsetUpdate {
+            topic: "tx".into(),
+            partition: 0,
+            next_offset,
+            max_event_ts: None,
+            epoch: claim[0].epoch,
+        }],
+        ..Default::default()
+    };
+    let dlq = Published::default();
+    let sent = vec![row("t1", 0, 1_234_567.89), row("t2", 1, 0.1)];
+    let first = sink::write_batch(pool, "g", &p, &batch(sent.clone(), 2), &dlq, Mode::Bulk)
+        .await
+        .unwrap();
+    assert_eq!((first.decisions, first.copy_refused), (2, false));
+
+    for d in &sent {
+        let r = sqlx::query(
+            "SELECT d.ts, d.card_id, d.amount::text, d.currency, d.mcc, d.channel, d.country, d.score,
+                    d.decision, d.features, d.state_complete, d.source_offset, d.kafka_ts, d.mcc_surprise,
+                    e.feature_weights, e.history_tx_ids, e.history_weights, d.threshold_version
+               FROM risk_decisions d JOIN attention_explanations e USING (tx_id) WHERE tx_id = $1",
+        )
+        .bind(&d.tx.tx_id)
+        .fetch_one(pool)
+        .await
+        .unwrap();
+        let t = &d.tx;
+        assert_eq!(r.get::<DateTime<Utc>, _>(0), t.ts);
+        assert_eq!(r.get::<String, _>(1), t.card_id);
+        let amount = format!("{:.2}", t.amount);
+        assert_eq!(r.get::<String, _>(2), amount);
+        assert_eq!(r.get::<Option<String>, _>(3), t.currency);
+        assert_eq!(r.get::<Option<i32>, _>(4), t.mcc);
+        assert_eq!(r.get::<Option<String>, _>(5).as_deref(), Some("ecom"));
+        assert_eq!(r.get::<Option<String>, _>(6), None);
+        assert_eq!(r.get::<f32, _>(7), d.score);
+        assert_eq!(r.get::<String, _>(8), "review");
+        assert_eq!(r.get::<Vec<f32>, _>(9), d.features);
+        assert_eq!(r.get::<bool, _>(10), d.state_complete);
+        assert_eq!(r.get::<i64, _>(11), d.offset);
+        assert_eq!(r.get::<Option<DateTime<Utc>>, _>(12), d.kafka_ts);
+        assert_eq!(r.get::<Option<f32>, _>(13), d.mcc_surprise);
+        assert_eq!(r.get::<Vec<f32>, _>(14), d.feature_weights);
+        let ids: Vec<String> = r.get(15);
+        assert_eq!(ids, ["h-1", r#"we"ird\id,{}"#]);
+        assert_eq!(r.get::<Vec<f32>, _>(16), d.history_weights);
+        assert_eq!(r.get::<i32, _>(17), version);
+    }
+
+    // Another instance decided t2 from another offset since this batch's
+    // duplicate check: the COPY is refused, the INSERT path writes t3 and
+    // dead-letters t2, and the offsets still move.
+    let second = sink::write_batch(
+        pool,
+        "g",
+        &p,
+        &batch(vec![row("t2", 2, 5.0), row("t3", 3, 7.129)], 4),
+        &dlq,
+        Mode::Bulk,
+    )
+    .await
+    .unwrap();
+    assert!(second.copy_refused);
+    assert_eq!((second.decisions, second.duplicates), (1, 1));
+    let stored: Vec<(String, i64, String)> = sqlx::query_as(
+        "SELECT tx_id, source_offset, amount::text FROM risk_decisions ORDER BY tx_id",
+    )
+    .fetch_all(pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        stored,
+        [
+            ("t1".into(), 0, "1234567.89".into()),
+            ("t2".into(), 1, "0.10".into()),
+            ("t3".into(), 3, "7.13".into())
+        ]
+    );
+    let explained = world
+        .count("SELECT count(*) FROM attention_explanations")
+        .await;
+    assert_eq!(explained, 3);
+    let dead: Vec<(i64, String)> = sqlx::query_as("SELECT source_offset, reason FROM dead_letters")
+        .fetch_all(pool)
+        .await
+        .unwrap();
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].0, 2);
+    assert_eq!(dlq.0.lock().unwrap()[0].kind, "duplicate");
+    let next: i64 =
+        sqlx::query_scalar("SELECT next_offset FROM kafka_offsets WHERE consumer_group = 'g'")
+            .fetch_one(pool)
+            .await
+            .unwrap();
+    assert_eq!(next, 4);
+}
