@@ -19,6 +19,38 @@ pub fn admin_url() -> String {
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:55432/riskstream".into())
 }
 
+/// A fresh, empty database `name` (dropped first if a previous run left
+/// it), owned by `owner`; returns its superuser URL.
+pub async fn scratch_database(name: &str, owner: &str) -> String {
+    let admin = PgPool::connect(&admin_url()).await.unwrap();
+    sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+        .execute(&admin)
+        .await
+        .unwrap();
+    sqlx::query(&format!("CREATE DATABASE {name} OWNER {owner}"))
+        .execute(&admin)
+        .await
+        .unwrap();
+    admin.close().await;
+    admin_url()
+        .rsplit_once('/')
+        .map(|(base, _)| format!("{base}/{name}"))
+        .unwrap()
+}
+
+/// The migrations older than `version`: a schema as an earlier release left it.
+pub fn migrations_before(version: i64) -> sqlx::migrate::Migrator {
+    sqlx::migrate::Migrator {
+        migrations: riskstream::sink::schema::MIGRATOR
+            .iter()
+            .filter(|m| m.version < version)
+            .cloned()
+            .collect::<Vec<_>>()
+            .into(),
+        ..sqlx::migrate::Migrator::DEFAULT
+    }
+}
+
 /// A login of the local stack (scripts/stack creates them with these dev
 /// passwords; [`World::new`] too, when they are missing).
 #[derive(Debug, Clone, Copy)]

@@ -1,6 +1,6 @@
 //! Migrations that move data: what was stored before them reads the same after.
 
-use crate::common::admin_url;
+use crate::common::{admin_url, migrations_before, scratch_database};
 use riskstream::features::FEATURE_NAMES;
 use riskstream::sink;
 use sqlx::PgPool;
@@ -11,29 +11,10 @@ use sqlx::PgPool;
 #[tokio::test]
 async fn stored_features_move_to_model_input_order() {
     let db = "riskstream_it_migrate_features";
-    let admin = PgPool::connect(&admin_url()).await.unwrap();
-    sqlx::query(&format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)"))
-        .execute(&admin)
+    let pool = PgPool::connect(&scratch_database(db, "postgres").await)
         .await
         .unwrap();
-    sqlx::query(&format!("CREATE DATABASE {db}"))
-        .execute(&admin)
-        .await
-        .unwrap();
-    let url = admin_url()
-        .rsplit_once('/')
-        .map(|(base, _)| format!("{base}/{db}"))
-        .unwrap();
-    let pool = PgPool::connect(&url).await.unwrap();
-    let before = sqlx::migrate::Migrator {
-        migrations: sink::schema::MIGRATOR
-            .iter()
-            .filter(|m| m.version < 20261202000001)
-            .cloned()
-            .collect::<Vec<_>>()
-            .into(),
-        ..sqlx::migrate::Migrator::DEFAULT
-    };
+    let before = migrations_before(20261202000001);
     before.run(&pool).await.unwrap();
     // Names in model order; a stored object lists them in another order
     // (jsonb sorts its keys) with distinct values.
@@ -87,6 +68,7 @@ async fn stored_features_move_to_model_input_order() {
     without_surprise.remove("mcc_surprise");
     assert_eq!(named, serde_json::Value::Object(without_surprise));
     pool.close().await;
+    let admin = PgPool::connect(&admin_url()).await.unwrap();
     sqlx::query(&format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)"))
         .execute(&admin)
         .await

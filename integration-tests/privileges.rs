@@ -5,7 +5,10 @@
 //! default privileges cover what later migrations add. And `riskstream run`
 //! refuses a database `riskstream migrate` has not migrated.
 
-use crate::common::{admin_url, model_dir, url_as, Login, World, ANALYST, ENGINE, MIGRATOR};
+use crate::common::{
+    admin_url, migrations_before, model_dir, scratch_database, url_as, Login, World, ANALYST,
+    ENGINE, MIGRATOR,
+};
 use riskstream::config::ThresholdConfig;
 use riskstream::decision::ThresholdSet;
 use riskstream::sink;
@@ -422,29 +425,9 @@ async fn run_refuses_an_unmigrated_database_and_migrate_fixes_it() {
 async fn a_database_migrated_before_the_roles_is_handed_to_the_owner() {
     let world = World::new("priv_upgrade", 1).await;
     let old = format!("{}_old", world.name);
-    let admin = PgPool::connect(&admin_url()).await.unwrap();
-    sqlx::query(&format!("DROP DATABASE IF EXISTS {old} WITH (FORCE)"))
-        .execute(&admin)
-        .await
-        .unwrap();
-    sqlx::query(&format!("CREATE DATABASE {old} OWNER riskstream_owner"))
-        .execute(&admin)
-        .await
-        .unwrap();
-    let old_admin_url = admin_url()
-        .rsplit_once('/')
-        .map(|(base, _)| format!("{base}/{old}"))
-        .unwrap();
+    let old_admin_url = scratch_database(&old, "riskstream_owner").await;
     let superuser = PgPool::connect(&old_admin_url).await.unwrap();
-    let before = sqlx::migrate::Migrator {
-        migrations: sink::schema::MIGRATOR
-            .iter()
-            .filter(|m| m.version < 20261125000003)
-            .cloned()
-            .collect::<Vec<_>>()
-            .into(),
-        ..sqlx::migrate::Migrator::DEFAULT
-    };
+    let before = migrations_before(20261125000003);
     before.run(&superuser).await.unwrap();
     let writer = login(ENGINE, &old).await;
     run(&writer, "INSERT INTO kafka_offsets (consumer_group, topic, partition, next_offset) VALUES ('g', 't', 0, 5)")
@@ -497,6 +480,7 @@ async fn a_database_migrated_before_the_roles_is_handed_to_the_owner() {
     for pool in [writer, migrator, superuser] {
         pool.close().await;
     }
+    let admin = PgPool::connect(&admin_url()).await.unwrap();
     sqlx::query(&format!("DROP DATABASE IF EXISTS {old} WITH (FORCE)"))
         .execute(&admin)
         .await
