@@ -290,16 +290,13 @@ pub async fn migrate(config: &Config) -> Result<ExitCode> {
 
 /// `riskstream simulate`: to a file, or to Kafka (creating the topics).
 pub async fn simulate(
-    n: usize,
-    seed: u64,
+    world: SimConfig,
     out: Option<&Path>,
     kafka: Option<&KafkaConfig>,
     rate: Option<f64>,
 ) -> Result<ExitCode> {
-    let sim = Simulator::new(SimConfig {
-        max_transactions: Some(n),
-        ..SimConfig::for_transactions(n, seed)
-    });
+    let n = world.max_transactions;
+    let sim = Simulator::new(world);
     if let Some(path) = out {
         let s = simulate::write_file(path, sim)?;
         println!(
@@ -329,7 +326,7 @@ pub async fn simulate(
             rate,
             progress,
         };
-        simulate::kafka::produce(sim, Some(n as u64), &target)
+        simulate::kafka::produce(sim, n.map(|n| n as u64), &target)
     })
     .await??;
     println!(

@@ -96,7 +96,7 @@ pub struct PostgresConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PipelineConfig {
-    /// A batch closes as soon as the score stage has nothing queued (so at
+    /// A batch closes as soon as the next stage has nothing queued (so at
     /// low load it holds what arrived meanwhile), and at the latest at this
     /// many rows...
     pub batch_max_rows: usize,

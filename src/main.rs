@@ -4,6 +4,7 @@ use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use riskstream::config::{Config, EventTimeConfig};
 use riskstream::features::offline;
+use riskstream::simulate::SimConfig;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -87,6 +88,10 @@ struct SimulateArgs {
     /// Transactions per second to Kafka (default: as fast as possible).
     #[arg(long)]
     rate: Option<f64>,
+    /// Customers (one card each) making the transactions, over as many days
+    /// as they take (default: sized from --transactions, ~90 days).
+    #[arg(long)]
+    cards: Option<usize>,
 }
 
 #[derive(clap::Args)]
@@ -203,14 +208,11 @@ async fn dispatch(cli: Cli) -> Result<ExitCode> {
                         .kafka,
                 ),
             };
-            riskstream::cli::simulate(
-                a.transactions,
-                a.seed,
-                a.out.as_deref(),
-                kafka.as_ref(),
-                a.rate,
-            )
-            .await
+            let world = match a.cards {
+                Some(cards) => SimConfig::for_cards(a.transactions, cards, a.seed),
+                None => SimConfig::for_transactions(a.transactions, a.seed),
+            };
+            riskstream::cli::simulate(world, a.out.as_deref(), kafka.as_ref(), a.rate).await
         }
         Command::Features {
             input,

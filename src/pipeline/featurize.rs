@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 use tracing::Instrument;
 
-/// How often a stage holding an open batch looks whether the score stage
+/// How often a stage holding an open batch looks whether the next stage
 /// has freed up.
 const DOWNSTREAM_TICK: Duration = Duration::from_millis(1);
 
@@ -56,7 +56,7 @@ pub(super) async fn featurize_stage(
         // fault-free baseline, frozen at 547k records).
         pauses.set(pending.partitions_over(p.channel_capacity_rows / 2));
         // Read: wait for work when there is none, then close the batch as
-        // soon as the score stage has nothing queued and nothing more is
+        // soon as the next stage has nothing queued and nothing more is
         // waiting in the channel (adaptive micro-batching: at low load a
         // batch is what arrived meanwhile, so latency is the stages' own
         // time; under load the stages are busy, batches grow and each
@@ -75,7 +75,7 @@ pub(super) async fn featurize_stage(
                 if open && downstream_free && input.is_empty() {
                     break;
                 }
-                // With a batch open, look again at the score stage every
+                // With a batch open, look again at the next stage every
                 // tick: it may free up without any record arriving.
                 let wake = until.map(|t| match open {
                     true => t.min(tokio::time::Instant::now() + DOWNSTREAM_TICK),

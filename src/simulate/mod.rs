@@ -124,6 +124,22 @@ impl SimConfig {
     }
 }
 
+impl SimConfig {
+    /// `n` transactions from a population of `cards` customers (one card
+    /// each), over as many days as they take to make them (at least one):
+    /// for measuring how the engine's cost grows with its state.
+    pub fn for_cards(n: usize, cards: usize, seed: u64) -> SimConfig {
+        let cards = cards.max(MIN_CUSTOMERS);
+        let days = (n as f64 / MEAN_DAILY_TX / cards as f64).ceil().max(1.0) as u32;
+        SimConfig {
+            customers: cards,
+            terminals: cards * TERMINALS_PER_CUSTOMER,
+            days,
+            ..SimConfig::for_transactions(n, seed)
+        }
+    }
+}
+
 /// One event of the simulated stream.
 #[derive(Debug, Clone, PartialEq)]
 pub enum SimEvent {
@@ -376,6 +392,23 @@ mod tests {
         assert!(first.len() > 5000, "{} events", first.len());
         assert_eq!(first, again);
         assert_ne!(first, other);
+    }
+
+    #[test]
+    fn a_stream_sized_by_cards_has_that_many_cards_and_the_transactions_asked_for() {
+        for (n, cards) in [(6_000, 2_000), (6_000, 200)] {
+            let events: Vec<SimEvent> = Simulator::new(SimConfig::for_cards(n, cards, 3)).collect();
+            let txs: Vec<&str> = transactions(&events)
+                .map(|(tx, ..)| tx.card_id.as_str())
+                .collect();
+            let distinct: std::collections::HashSet<_> = txs.iter().collect();
+            assert_eq!(txs.len(), n);
+            assert!(
+                distinct.len() <= cards && distinct.len() * 10 >= cards * 8,
+                "{} distinct cards of {cards}",
+                distinct.len()
+            );
+        }
     }
 
     #[test]
