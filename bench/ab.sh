@@ -24,18 +24,7 @@ PSQL=(psql -q -X -v ON_ERROR_STOP=1 -h 127.0.0.1 -p 55432 -U postgres)
 PREFIX="ab$(date +%s)"
 mkdir -p "$OUT"
 
-"$PY" - "$PREFIX" 4 "$KAFKA_BROKERS" <<'PY'
-import sys
-from confluent_kafka.admin import AdminClient, NewTopic
-prefix, partitions, brokers = sys.argv[1], int(sys.argv[2]), sys.argv[3]
-config = {"message.timestamp.type": "LogAppendTime"}
-topics = [NewTopic(f"{prefix}.transactions", partitions, 1, config=config),
-          NewTopic(f"{prefix}.labels", 1, 1, config=config),
-          NewTopic(f"{prefix}.transactions.dlq", 1, 1, config=config)]
-admin = AdminClient({"bootstrap.servers": brokers})
-for future in admin.create_topics(topics).values():
-    future.result()
-PY
+"$PY" bench/topics.py "$PREFIX" 4 "$KAFKA_BROKERS"
 
 # env_for GROUP DB BINARY: the stock config pointed at the topics, GROUP and DB.
 # migrate_url only where the build knows it (older ones refuse unknown keys).

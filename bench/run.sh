@@ -67,18 +67,7 @@ fresh_db() {
 # Topics stamped with the broker's append time (LogAppendTime), so a record's
 # Kafka timestamp is when Kafka received it, whoever produced it.
 create_topics() {
-  "$PY" - "$1" "$PARTITIONS" "$KAFKA_BROKERS" <<'PY'
-import sys
-from confluent_kafka.admin import AdminClient, NewTopic
-prefix, partitions, brokers = sys.argv[1], int(sys.argv[2]), sys.argv[3]
-config = {"message.timestamp.type": "LogAppendTime"}
-topics = [NewTopic(f"{prefix}.transactions", partitions, 1, config=config),
-          NewTopic(f"{prefix}.labels", 1, 1, config=config),
-          NewTopic(f"{prefix}.transactions.dlq", 1, 1, config=config)]
-admin = AdminClient({"bootstrap.servers": brokers})  # must outlive the futures
-for future in admin.create_topics(topics).values():
-    future.result()
-PY
+  "$PY" bench/topics.py "$1" "$PARTITIONS" "$KAFKA_BROKERS"
 }
 
 # engine_env PREFIX GROUP DB: the environment (in ENV) that points the stock

@@ -31,18 +31,7 @@ mkdir -p "$OUT"
 
 # topics PREFIX: fresh transactions (4 partitions), labels and DLQ topics.
 topics() {
-  "$PY" - "$1" "$KAFKA_BROKERS" <<'PY'
-import sys
-from confluent_kafka.admin import AdminClient, NewTopic
-prefix, brokers = sys.argv[1], sys.argv[2]
-config = {"message.timestamp.type": "LogAppendTime"}
-new = [NewTopic(f"{prefix}.transactions", 4, 1, config=config),
-       NewTopic(f"{prefix}.labels", 1, 1, config=config),
-       NewTopic(f"{prefix}.transactions.dlq", 1, 1, config=config)]
-admin = AdminClient({"bootstrap.servers": brokers})
-for future in admin.create_topics(new).values():
-    future.result()
-PY
+  "$PY" bench/topics.py "$1" 4 "$KAFKA_BROKERS"
 }
 
 # env_for PREFIX DB PORT: the stock config pointed at PREFIX's topics, DB
