@@ -50,6 +50,13 @@ pub struct Metrics {
 }
 
 impl Metrics {
+    /// One batch's time in `stage` (a label of `stage_seconds`), since `started`.
+    pub fn stage_took(&self, stage: &str, started: std::time::Instant) {
+        self.stage_seconds
+            .with_label_values(&[stage])
+            .observe(started.elapsed().as_secs_f64());
+    }
+
     pub fn new() -> Metrics {
         let registry = Registry::new();
         let latency = || {

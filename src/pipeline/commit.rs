@@ -72,12 +72,8 @@ pub(super) async fn sink_stage(
             .health
             .committed(rows, work.state_complete || work.txs.is_empty());
         m.batch_rows.observe(rows as f64);
-        m.stage_seconds
-            .with_label_values(&["sink"])
-            .observe(t.elapsed().as_secs_f64());
-        m.stage_seconds
-            .with_label_values(&["total"])
-            .observe(work.started.elapsed().as_secs_f64());
+        m.stage_took("sink", t);
+        m.stage_took("total", work.started);
         summary.decisions += written.decisions as u64;
         summary.dead_letters += written.dead_letters as u64;
         summary.labels += written.labels as u64;

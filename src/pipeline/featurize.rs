@@ -352,10 +352,6 @@ async fn build_work(
         cards.evict_idle(newest - features::card_retention_ms());
     }
     work.features = Some(Arc::new(result?));
-    shared
-        .metrics
-        .stage_seconds
-        .with_label_values(&["featurize"])
-        .observe(started.elapsed().as_secs_f64());
+    shared.metrics.stage_took("featurize", started);
     Ok(work)
 }

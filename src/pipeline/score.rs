@@ -27,11 +27,7 @@ pub(super) async fn surprise_stage(
             let t = Instant::now();
             let span = tracing::debug_span!("surprise", rows = features.rows);
             work.mcc_surprise = Some(lm.surprise(features).instrument(span).await?);
-            shared
-                .metrics
-                .stage_seconds
-                .with_label_values(&["surprise"])
-                .observe(t.elapsed().as_secs_f64());
+            shared.metrics.stage_took("surprise", t);
             Ok(work)
         }
     })
@@ -54,9 +50,7 @@ pub(super) async fn score_stage(
             work.scored = shared.scorer.score(features).await?;
             let m = &shared.metrics;
             m.model_seconds.observe(t.elapsed().as_secs_f64());
-            m.stage_seconds
-                .with_label_values(&["score"])
-                .observe(t.elapsed().as_secs_f64());
+            m.stage_took("score", t);
             Ok(work)
         }
     })
