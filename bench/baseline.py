@@ -686,6 +686,10 @@ class Baseline:
         self.cards.clear()
         consumer.unassign()
 
+    def done_reading(self) -> bool:
+        """Whether to stop consuming before a signal or the idle exit (never, here)."""
+        return False
+
     def next_batch(self, poll_s: float) -> list:
         """Up to batch_max_rows records, or what arrived batch_max_wait_ms after the first."""
         first = self.consumer.poll(poll_s)
@@ -822,7 +826,7 @@ class Baseline:
         totals = {"decisions": 0, "dead_letters": 0, "labels": 0, "batches": 0}
         first_record = last_commit = None
         last_record = time.monotonic()
-        while not stop:
+        while not stop and not self.done_reading():
             messages = self.next_batch(poll_s=0.5)
             if not messages:
                 if self.args.idle_exit_seconds and time.monotonic() - last_record >= self.args.idle_exit_seconds:
@@ -851,6 +855,12 @@ class Baseline:
             last_record = time.monotonic()
         self.consumer.close()
         self.log_ends.close()
+        if not stop and self.done_reading():
+            # Stopped reading on purpose: stay up like a consumer with nothing
+            # to do, until a signal or the idle exit, as the harness expects.
+            idle_s = self.args.idle_exit_seconds
+            while not stop and not (idle_s and time.monotonic() - last_record >= idle_s):
+                time.sleep(0.2)
         wall = (last_commit - first_record) if first_record and last_commit else 0.0
         batches = max(totals["batches"], 1)
         return {

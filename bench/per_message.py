@@ -43,15 +43,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import signal
 import sys
-import time
 
 import polars as pl
 import psycopg
 from confluent_kafka import KafkaException, Message
 
-from baseline import Baseline, Batch, arg_parser, assemble, parse_args
+from baseline import Baseline, Batch, arg_parser, parse_args
 
 # Each record appends one chunk to the cards' polars frame (baseline.py appends
 # one per batch and rechunks once per event-time day). Thousands of chunks
@@ -85,15 +83,29 @@ class PerMessage(Baseline):
     def __init__(self, args: argparse.Namespace):
         super().__init__(args)
         self.max_records = args.max_records
+        self.transactions_read = 0
+        self.said_done = False
 
-    def next_message(self, poll_s: float) -> Message | None:
+    def next_batch(self, poll_s: float) -> list[Message]:
+        """One record: the baseline's run loop, a batch of one at a time."""
         m = self.consumer.poll(poll_s)
         if m is None:
-            return None
+            return []
         if m.error():
             print(f"kafka: {m.error()}", file=sys.stderr)
-            return None
-        return m
+            return []
+        if m.topic() == self.args.transactions_topic:
+            self.transactions_read += 1
+        return [m]
+
+    def done_reading(self) -> bool:
+        if self.max_records is None or self.transactions_read < self.max_records:
+            return False
+        if not self.said_done:
+            print(f"per_message: stopped consuming after {self.transactions_read} transactions (--max-records)",
+                  file=sys.stderr)
+            self.said_done = True
+        return True
 
     def featurize(self, b: Batch):
         out = super().featurize(b)
@@ -110,67 +122,6 @@ class PerMessage(Baseline):
                 cur.execute(INSERT_EXPLANATION, row)
                 fresh.add(tuple(inserted))
         return fresh
-
-    def run(self) -> dict:
-        stop = False
-
-        def on_signal(*_):
-            nonlocal stop
-            stop = True
-
-        signal.signal(signal.SIGTERM, on_signal)
-        signal.signal(signal.SIGINT, on_signal)
-        stages = dict.fromkeys(("decode", "featurize", "score", "sink", "total"), 0.0)
-        totals = {"decisions": 0, "dead_letters": 0, "labels": 0, "batches": 0}
-        transactions_read = 0
-        first_record = last_commit = None
-        last_record = time.monotonic()
-        idle_s = self.args.idle_exit_seconds
-        while not stop and (self.max_records is None or transactions_read < self.max_records):
-            m = self.next_message(poll_s=0.5)
-            if m is None:
-                if idle_s and time.monotonic() - last_record >= idle_s:
-                    break
-                continue
-            t0 = time.perf_counter()
-            first_record = first_record or time.time()
-            b = assemble([m], self.args.labels_topic)
-            t1 = time.perf_counter()
-            txs, x, scored, complete = None, None, None, True
-            if b.txs:
-                txs, x, complete = self.featurize(b)
-            t2 = time.perf_counter()
-            if b.txs:
-                scored = self.scorer.score(x)
-            t3 = time.perf_counter()
-            decided = self.write(b, txs, x, scored, complete)  # one Postgres transaction, with the offset
-            t4 = time.perf_counter()
-            last_commit = time.time()
-            for name, seconds in zip(stages, (t1 - t0, t2 - t1, t3 - t2, t4 - t3, t4 - t0)):
-                stages[name] += seconds
-            totals["decisions"] += decided
-            totals["dead_letters"] += len(b.txs) - decided + len(b.dead_letters)
-            totals["labels"] += len(b.labels)
-            totals["batches"] += 1
-            if m.topic() == self.args.transactions_topic:
-                transactions_read += 1
-            last_record = time.monotonic()
-        self.consumer.close()
-        self.log_ends.close()
-        if self.max_records is not None and transactions_read >= self.max_records:
-            print(f"per_message: stopped consuming after {transactions_read} transactions (--max-records)",
-                  file=sys.stderr)
-            while not stop and not (idle_s and time.monotonic() - last_record >= idle_s):
-                time.sleep(0.2)
-        wall = (last_commit - first_record) if first_record and last_commit else 0.0
-        batches = max(totals["batches"], 1)
-        return {
-            **totals,
-            "wall_seconds": round(wall, 3),
-            "decisions_per_s": round(totals["decisions"] / wall, 1) if wall else 0.0,
-            "stage_ms_per_batch": {k: round(1000 * v / batches, 3) for k, v in stages.items()},
-            "stage_seconds": {k: round(v, 3) for k, v in stages.items()},
-        }
 
 
 def positive_int(text: str) -> int:
