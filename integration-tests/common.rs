@@ -22,11 +22,8 @@ pub fn admin_url() -> String {
 /// A fresh, empty database `name` (dropped first if a previous run left
 /// it), owned by `owner`; returns its superuser URL.
 pub async fn scratch_database(name: &str, owner: &str) -> String {
+    drop_scratch_database(name).await;
     let admin = PgPool::connect(&admin_url()).await.unwrap();
-    sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-        .execute(&admin)
-        .await
-        .unwrap();
     sqlx::query(&format!("CREATE DATABASE {name} OWNER {owner}"))
         .execute(&admin)
         .await
@@ -36,6 +33,16 @@ pub async fn scratch_database(name: &str, owner: &str) -> String {
         .rsplit_once('/')
         .map(|(base, _)| format!("{base}/{name}"))
         .unwrap()
+}
+
+/// Drop database `name` (if it exists), whoever is connected to it.
+pub async fn drop_scratch_database(name: &str) {
+    let admin = PgPool::connect(&admin_url()).await.unwrap();
+    sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+        .execute(&admin)
+        .await
+        .unwrap();
+    admin.close().await;
 }
 
 /// The migrations older than `version`: a schema as an earlier release left it.

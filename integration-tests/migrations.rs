@@ -1,6 +1,6 @@
 //! Migrations that move data: what was stored before them reads the same after.
 
-use crate::common::{admin_url, migrations_before, scratch_database};
+use crate::common::{drop_scratch_database, migrations_before, scratch_database};
 use riskstream::features::FEATURE_NAMES;
 use riskstream::sink;
 use sqlx::PgPool;
@@ -68,9 +68,5 @@ async fn stored_features_move_to_model_input_order() {
     without_surprise.remove("mcc_surprise");
     assert_eq!(named, serde_json::Value::Object(without_surprise));
     pool.close().await;
-    let admin = PgPool::connect(&admin_url()).await.unwrap();
-    sqlx::query(&format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)"))
-        .execute(&admin)
-        .await
-        .unwrap();
+    drop_scratch_database(db).await;
 }

@@ -6,8 +6,8 @@
 //! refuses a database `riskstream migrate` has not migrated.
 
 use crate::common::{
-    admin_url, migrations_before, model_dir, scratch_database, url_as, Login, World, ANALYST,
-    ENGINE, MIGRATOR,
+    drop_scratch_database, migrations_before, model_dir, scratch_database, url_as, Login, World,
+    ANALYST, ENGINE, MIGRATOR,
 };
 use riskstream::config::ThresholdConfig;
 use riskstream::decision::ThresholdSet;
@@ -339,15 +339,7 @@ async fn default_privileges_cover_what_later_migrations_add() {
 async fn run_refuses_an_unmigrated_database_and_migrate_fixes_it() {
     let world = World::new("priv_bare", 1).await;
     let bare = format!("{}_bare", world.name);
-    let admin = PgPool::connect(&admin_url()).await.unwrap();
-    sqlx::query(&format!("DROP DATABASE IF EXISTS {bare} WITH (FORCE)"))
-        .execute(&admin)
-        .await
-        .unwrap();
-    sqlx::query(&format!("CREATE DATABASE {bare} OWNER riskstream_owner"))
-        .execute(&admin)
-        .await
-        .unwrap();
+    scratch_database(&bare, "riskstream_owner").await;
     let text = world
         .config_text(1, "")
         .replace(&url_as(ENGINE, &world.name), &url_as(ENGINE, &bare))
@@ -409,11 +401,7 @@ async fn run_refuses_an_unmigrated_database_and_migrate_fixes_it() {
         "the writer's check passes once migrated"
     );
     pool.close().await;
-    sqlx::query(&format!("DROP DATABASE IF EXISTS {bare} WITH (FORCE)"))
-        .execute(&admin)
-        .await
-        .unwrap();
-    admin.close().await;
+    drop_scratch_database(&bare).await;
     world.drop_database().await;
 }
 
@@ -480,12 +468,7 @@ async fn a_database_migrated_before_the_roles_is_handed_to_the_owner() {
     for pool in [writer, migrator, superuser] {
         pool.close().await;
     }
-    let admin = PgPool::connect(&admin_url()).await.unwrap();
-    sqlx::query(&format!("DROP DATABASE IF EXISTS {old} WITH (FORCE)"))
-        .execute(&admin)
-        .await
-        .unwrap();
-    admin.close().await;
+    drop_scratch_database(&old).await;
     world.drop_database().await;
 }
 
