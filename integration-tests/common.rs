@@ -610,6 +610,38 @@ impl Engine {
         }
     }
 
+    /// SIGHUP: look at the config file now.
+    pub fn hangup(&self) {
+        let _ = Command::new("kill")
+            .args(["-HUP", &self.child.id().to_string()])
+            .status();
+    }
+
+    /// Lines of the log containing `needle`.
+    pub fn log_count(&self, needle: &str) -> usize {
+        std::fs::read_to_string(&self.log)
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.contains(needle))
+            .count()
+    }
+
+    /// Wait until the log has more than `before` lines containing `needle`.
+    pub async fn wait_for_log(&mut self, needle: &str, before: usize, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        while self.log_count(needle) <= before {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                panic!("engine exited early ({status}):\n{}", self.log_tail());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no new {needle:?} in the log after {timeout:?}:\n{}",
+                self.log_tail()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     pub fn log_tail(&self) -> String {
         let text = std::fs::read_to_string(&self.log).unwrap_or_default();
         let lines: Vec<&str> = text.lines().collect();

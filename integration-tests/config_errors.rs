@@ -43,6 +43,18 @@ async fn bad_configs_are_rejected_by_check_config_and_run() {
             base.replace(&lm_dir().display().to_string(), "/nonexistent/lm"),
             "language_model.dir",
         ),
+        (
+            "a rule naming a feature the model does not have",
+            base.clone()
+                + "[[rules.rule]]\nname = \"r\"\nwhen = \"card_count_2d > 3.0\"\naction = \"review\"\n",
+            "rules.rule[0].when: unknown name `card_count_2d`",
+        ),
+        (
+            "a rule with an unknown action",
+            base.clone()
+                + "[[rules.rule]]\nname = \"r\"\nwhen = \"amount > 3.0\"\naction = \"block\"\n",
+            "rules.rule[0].action",
+        ),
     ];
     for (what, text, key) in cases {
         let path = world.dir.path().join("bad.toml");

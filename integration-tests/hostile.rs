@@ -61,6 +61,19 @@ impl Producing {
     }
 }
 
+const HOSTILE_RULES: &str = r#"
+[[rules.rule]]
+name = "mcc-unguarded"
+when = "mcc > 7000"
+action = "review"
+
+[[rules.rule]]
+name = "huge-amount"
+when = "amount >= 1000000.0"
+action = "decline"
+reason = "more than a million"
+"#;
+
 /// Amounts as sent and as Postgres must hold them.
 const EXTREME_AMOUNTS: [(&str, &str); 8] = [
     ("1000000000", "1000000000.00"),
@@ -172,6 +185,10 @@ async fn hostile_records_are_dead_lettered_without_stalling_the_stream() {
     let produced = p.total() as i64;
     let hostile: usize = p.sent.values().flatten().filter(|d| d.is_some()).count();
 
+    // Rules run on every record that gets through, hostile amounts included:
+    // one cannot be evaluated on any of them (no mcc), which must cost
+    // nothing but a metric.
+    std::fs::write(&world.config_path, world.config_text(4, HOSTILE_RULES)).unwrap();
     let mut engine = world.start_engine("hostile");
     let started = Instant::now();
     // state_wait_ms is 60 s: a single stalled batch would miss this.
@@ -199,6 +216,29 @@ async fn hostile_records_are_dead_lettered_without_stalling_the_stream() {
         zero_amounts,
         "zero-amount authorisations are scored"
     );
+    let huge: Vec<(String, String, Vec<String>)> = sqlx::query_as(
+        "SELECT amount::text, decision, rules_fired FROM risk_decisions
+          WHERE amount >= 1000000 OR rules_fired <> '{}' ORDER BY amount",
+    )
+    .fetch_all(&world.pool)
+    .await
+    .unwrap();
+    let millions = (0..2_400i64)
+        .filter(|m| m % 101 == 0 && m % 97 != 0)
+        .filter(|m| {
+            let (sent, _) = EXTREME_AMOUNTS[(m / 101) as usize % EXTREME_AMOUNTS.len()];
+            sent.parse::<f64>().unwrap() >= 1e6
+        })
+        .count();
+    assert!(millions > 0);
+    assert_eq!(huge.len(), millions, "{huge:?}");
+    for (amount, decision, rules) in &huge {
+        assert_eq!(
+            (decision.as_str(), rules.as_slice()),
+            ("decline", &["huge-amount".to_string()][..]),
+            "{amount}"
+        );
+    }
     for minute in (0..2_400i64).filter(|m| m % 101 == 0 && m % 97 != 0) {
         let (sent, stored) = EXTREME_AMOUNTS[(minute / 101) as usize % EXTREME_AMOUNTS.len()];
         let got: String =

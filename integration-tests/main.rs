@@ -13,6 +13,7 @@ mod config_errors;
 mod evaluate;
 mod exactly_once;
 mod hostile;
+mod live_policy;
 mod merchant_lm;
 mod migrations;
 mod model_golden;

@@ -10,7 +10,7 @@ use crate::common::{
     ANALYST, ENGINE, MIGRATOR,
 };
 use riskstream::config::ThresholdConfig;
-use riskstream::decision::ThresholdSet;
+use riskstream::decision::Policy;
 use riskstream::sink;
 use sqlx::PgPool;
 use std::process::Command;
@@ -73,8 +73,8 @@ async fn first_column(admin: &PgPool, table: &str) -> String {
     .unwrap()
 }
 
-fn thresholds() -> ThresholdSet {
-    ThresholdSet::new(ThresholdConfig {
+fn thresholds() -> Policy {
+    Policy::thresholds_only(ThresholdConfig {
         review: 0.5,
         decline: 0.9,
         changed_by: "privileges test".into(),

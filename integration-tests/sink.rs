@@ -6,7 +6,7 @@
 use crate::common::{model_dir, World};
 use chrono::{DateTime, Utc};
 use riskstream::config::ThresholdConfig;
-use riskstream::decision::{Decision, ThresholdSet};
+use riskstream::decision::{Decision, Policy};
 use riskstream::event::{Channel, Transaction};
 use riskstream::scoring::Manifest;
 use riskstream::sink::{
@@ -55,6 +55,12 @@ fn row(id: &str, offset: i64, amount: f64) -> DecisionRow {
         history_tx_ids: vec!["h-1".into(), r#"we"ird\id,{}"#.into()],
         history_weights: vec![0.75, 0.25],
         state_complete: offset % 2 == 0,
+        threshold_version: 0,
+        rules_fired: if offset % 2 == 0 {
+            vec![]
+        } else {
+            vec!["big ecom".into(), r#"we"ird\rule,{}"#.into()]
+        },
         mcc_surprise: (offset % 2 == 1).then_some(3.5),
         partition: 0,
         offset,
@@ -68,7 +74,7 @@ async fn copied_rows_read_back_as_sent_and_a_tx_id_decided_meanwhile_is_a_duplic
     let pool = &world.pool;
     let manifest = Manifest::read(&model_dir()).unwrap();
     sink::register_model(pool, &manifest).await.unwrap();
-    let thresholds = ThresholdSet::new(ThresholdConfig {
+    let thresholds = Policy::thresholds_only(ThresholdConfig {
         review: 0.5,
         decline: 0.9,
         changed_by: "sink test".into(),
@@ -82,7 +88,6 @@ async fn copied_rows_read_back_as_sent_and_a_tx_id_decided_meanwhile_is_a_duplic
         model_name: manifest.name.clone(),
         model_version: manifest.version.clone(),
         model_sha256: manifest.sha256.clone(),
-        threshold_version: version,
         feature_names: manifest.feature_names.clone(),
         source_topic: "tx".into(),
     };
@@ -98,7 +103,10 @@ async fn copied_rows_read_back_as_sent_and_a_tx_id_decided_meanwhile_is_a_duplic
         ..Default::default()
     };
     let dlq = Published::default();
-    let sent = vec![row("t1", 0, 1_234_567.89), row("t2", 1, 0.1)];
+    let mut sent = vec![row("t1", 0, 1_234_567.89), row("t2", 1, 0.1)];
+    for r in &mut sent {
+        r.threshold_version = version;
+    }
     let first = sink::write_batch(pool, "g", &p, &batch(sent.clone(), 2), &dlq, Mode::Bulk)
         .await
         .unwrap();
@@ -108,7 +116,8 @@ async fn copied_rows_read_back_as_sent_and_a_tx_id_decided_meanwhile_is_a_duplic
         let r = sqlx::query(
             "SELECT d.ts, d.card_id, d.amount::text, d.currency, d.mcc, d.channel, d.country, d.score,
                     d.decision, d.features, d.state_complete, d.source_offset, d.kafka_ts, d.mcc_surprise,
-                    e.feature_weights, e.history_tx_ids, e.history_weights, d.threshold_version
+                    e.feature_weights, e.history_tx_ids, e.history_weights, d.threshold_version,
+                    d.rules_fired
                FROM risk_decisions d JOIN attention_explanations e USING (tx_id) WHERE tx_id = $1",
         )
         .bind(&d.tx.tx_id)
@@ -136,6 +145,14 @@ async fn copied_rows_read_back_as_sent_and_a_tx_id_decided_meanwhile_is_a_duplic
         assert_eq!(ids, ["h-1", r#"we"ird\id,{}"#]);
         assert_eq!(r.get::<Vec<f32>, _>(16), d.history_weights);
         assert_eq!(r.get::<i32, _>(17), version);
+        let rules: Vec<String> = r.get(18);
+        assert_eq!(
+            rules,
+            d.rules_fired
+                .iter()
+                .map(|r| r.to_string())
+                .collect::<Vec<_>>()
+        );
     }
 
     // Another instance decided t2 from another offset since this batch's
@@ -145,7 +162,15 @@ async fn copied_rows_read_back_as_sent_and_a_tx_id_decided_meanwhile_is_a_duplic
         pool,
         "g",
         &p,
-        &batch(vec![row("t2", 2, 5.0), row("t3", 3, 7.129)], 4),
+        &batch(
+            [row("t2", 2, 5.0), row("t3", 3, 7.129)]
+                .map(|r| DecisionRow {
+                    threshold_version: version,
+                    ..r
+                })
+                .to_vec(),
+            4,
+        ),
         &dlq,
         Mode::Bulk,
     )
@@ -167,6 +192,13 @@ async fn copied_rows_read_back_as_sent_and_a_tx_id_decided_meanwhile_is_a_duplic
             ("t3".into(), 3, "7.13".into())
         ]
     );
+    // The INSERT path writes the fired rules too.
+    let t3_rules: Vec<String> =
+        sqlx::query_scalar("SELECT rules_fired FROM risk_decisions WHERE tx_id = 't3'")
+            .fetch_one(pool)
+            .await
+            .unwrap();
+    assert_eq!(t3_rules, ["big ecom", r#"we"ird\rule,{}"#]);
     let explained = world
         .count("SELECT count(*) FROM attention_explanations")
         .await;

@@ -207,6 +207,25 @@ pub fn check_config(path: &Path) -> Result<ExitCode> {
     if verify_model(&config.model.dir)? != ExitCode::SUCCESS {
         return Ok(ExitCode::FAILURE);
     }
+    let manifest = crate::scoring::Manifest::read(&config.model.dir)?;
+    match crate::decision::Policy::compile(
+        &config.thresholds,
+        &config.rules,
+        &manifest.feature_names,
+    ) {
+        Ok(policy) => println!(
+            "thresholds and {} rule(s): ok (policy sha256 {})",
+            policy.rules.rules().len(),
+            policy.content_sha256()
+        ),
+        Err(problems) => {
+            eprintln!("{} problem(s) in {}:", problems.len(), path.display());
+            for p in problems {
+                eprintln!("  {p}");
+            }
+            return Ok(ExitCode::FAILURE);
+        }
+    }
     if let Some(lm) = &config.language_model {
         let opts = registry::LoadOptions {
             intra_threads: lm.intra_threads,

@@ -36,7 +36,7 @@ impl fmt::Display for Secret {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
     pub kafka: KafkaConfig,
@@ -55,9 +55,17 @@ pub struct Config {
     /// decision; absent = the feature is off.
     #[serde(default)]
     pub language_model: Option<LanguageModelConfig>,
+    /// Rules checked beside the model's score (see [`crate::decision`]).
+    /// Live like `[thresholds]`: a changed file takes effect without a restart.
+    #[serde(default)]
+    pub rules: RulesConfig,
+    /// The file this configuration was read from, when it was read from one:
+    /// the engine watches it for live changes to thresholds and rules.
+    #[serde(skip)]
+    pub path: Option<PathBuf>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct KafkaConfig {
     pub brokers: String,
@@ -79,7 +87,7 @@ pub struct KafkaConfig {
     pub properties: BTreeMap<String, Secret>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct PostgresConfig {
     /// The engine's login: a member of `riskstream_writer` (insert, update
@@ -93,7 +101,7 @@ pub struct PostgresConfig {
     pub max_connections: u32,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct PipelineConfig {
     /// A batch closes as soon as the next stage has nothing queued (so at
@@ -119,9 +127,13 @@ pub struct PipelineConfig {
     /// `channel_capacity_rows` bounds it in rows.
     #[serde(default = "defaults::max_in_flight_bytes")]
     pub max_in_flight_bytes: usize,
+    /// How often the engine looks at its config file for changed thresholds
+    /// and rules (SIGHUP makes it look at once); 0: on SIGHUP only.
+    #[serde(default = "defaults::config_poll_ms")]
+    pub config_poll_ms: u64,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct FeatureConfig {
     /// Terminal fraud statistics only count transactions at least this many
@@ -135,7 +147,7 @@ pub struct FeatureConfig {
 /// `[event_time]`: how far a valid transaction may be from its partition's
 /// stream time (the newest event time it has admitted) before it is
 /// dead-lettered instead of scored (see [`crate::pipeline::event_time`]).
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct EventTimeConfig {
     /// Ahead of the partition's stream time. Also how long a partition can
@@ -159,7 +171,7 @@ impl Default for EventTimeConfig {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct ModelConfig {
     pub dir: PathBuf,
@@ -172,7 +184,7 @@ pub struct ModelConfig {
 
 /// `[language_model]`: a causal model over the card's MCC sequence (e.g.
 /// `models/merchant-lm`), verified at startup like the fraud model.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct LanguageModelConfig {
     pub dir: PathBuf,
@@ -203,7 +215,37 @@ pub struct ThresholdConfig {
     pub channel: BTreeMap<String, Thresholds>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+/// `[rules]`: named lists, and conditions in CEL (the Common Expression
+/// Language) over the transaction, its features and its score, each with the
+/// decision it asks for. Compiled and checked by [`crate::decision::Policy`],
+/// which knows the model's feature names.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RulesConfig {
+    /// `[rules.lists] blocked_cards = ["c-1", "c-2"]`, read in a rule as
+    /// `card_id in lists.blocked_cards`.
+    #[serde(default)]
+    pub lists: BTreeMap<String, Vec<String>>,
+    /// `[[rules.rule]]`, in precedence order.
+    #[serde(default)]
+    pub rule: Vec<RuleConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RuleConfig {
+    /// Unique; recorded in `risk_decisions.rules_fired`.
+    pub name: String,
+    /// A CEL condition, e.g. `amount > 2000.0 && channel == "ecom"`.
+    pub when: String,
+    /// `approve`, `review` or `decline`.
+    pub action: String,
+    /// Shown to analysts beside the attention explanation.
+    #[serde(default)]
+    pub reason: String,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct ServerConfig {
     /// `/metrics` and `/healthz`; empty disables the server.
@@ -238,6 +280,9 @@ mod defaults {
     pub fn intra_threads() -> usize {
         1
     }
+    pub fn config_poll_ms() -> u64 {
+        1000
+    }
     pub fn max_in_flight_bytes() -> usize {
         64 << 20
     }
@@ -256,6 +301,7 @@ impl Default for PipelineConfig {
             state_wait_ms: 30_000,
             shutdown_deadline_ms: 10_000,
             max_in_flight_bytes: defaults::max_in_flight_bytes(),
+            config_poll_ms: defaults::config_poll_ms(),
         }
     }
 }
@@ -324,7 +370,11 @@ impl Config {
             source,
         })?;
         let base = path.parent().unwrap_or(Path::new("."));
-        Self::parse(&text, base, env).map_err(|e| match e {
+        let parsed = Self::parse(&text, base, env).map(|mut c| {
+            c.path = Some(path.to_owned());
+            c
+        });
+        parsed.map_err(|e| match e {
             ParseFailure::Syntax(message) => ConfigError::Parse {
                 path: path.to_owned(),
                 message,

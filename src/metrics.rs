@@ -47,6 +47,18 @@ pub struct Metrics {
     /// Surprise of each committed transaction's MCC under the merchant
     /// language model, in nats (only when `[language_model]` is configured).
     pub mcc_surprise: Histogram,
+    /// `threshold_sets.version` of the policy (thresholds and rules) deciding now.
+    pub policy_version: IntGauge,
+    /// Looks at a changed config file, by outcome: `applied` (a new policy
+    /// decides from the next batch), `unchanged` (nothing live changed),
+    /// `rejected` (invalid: the old policy stays; the log names every problem).
+    pub config_reloads: IntCounterVec,
+    /// Rows on which each rule fired (counted when decided, so a batch
+    /// replayed after a crash counts again).
+    pub rules_fired: IntCounterVec,
+    /// Rows on which a rule's condition could not be evaluated (it did not
+    /// fire), by rule: a sign the rule needs a `!= null` guard.
+    pub rule_failures: IntCounterVec,
 }
 
 impl Metrics {
@@ -154,9 +166,41 @@ impl Metrics {
                 .buckets(vec![0.5, 1.0, 1.5, 2.0, 2.5, 3.0, 4.0, 5.0, 7.5, 10.0]),
             )
             .unwrap(),
+            policy_version: IntGauge::new(
+                "riskstream_policy_version",
+                "threshold_sets.version of the thresholds and rules deciding now",
+            )
+            .unwrap(),
+            config_reloads: IntCounterVec::new(
+                Opts::new(
+                    "riskstream_config_reloads_total",
+                    "Changed config files looked at, by outcome (applied, unchanged, rejected)",
+                ),
+                &["outcome"],
+            )
+            .unwrap(),
+            rules_fired: IntCounterVec::new(
+                Opts::new("riskstream_rules_fired_total", "Rows on which a rule fired"),
+                &["rule"],
+            )
+            .unwrap(),
+            rule_failures: IntCounterVec::new(
+                Opts::new(
+                    "riskstream_rule_failures_total",
+                    "Rows on which a rule's condition could not be evaluated (it did not fire)",
+                ),
+                &["rule"],
+            )
+            .unwrap(),
             registry,
         };
         m.registry.register(Box::new(m.consumed.clone())).unwrap();
+        m.registry
+            .register(Box::new(m.policy_version.clone()))
+            .unwrap();
+        for c in [&m.config_reloads, &m.rules_fired, &m.rule_failures] {
+            m.registry.register(Box::new(c.clone())).unwrap();
+        }
         m.registry.register(Box::new(m.decided.clone())).unwrap();
         m.registry
             .register(Box::new(m.dead_letters.clone()))

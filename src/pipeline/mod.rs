@@ -16,12 +16,13 @@ mod commit;
 mod decide;
 pub mod event_time;
 mod featurize;
+mod reload;
 mod score;
 mod stage;
 pub mod watermark;
 
 use crate::config::Config;
-use crate::decision::ThresholdSet;
+use crate::decision::Policy;
 use crate::health::Health;
 use crate::ingest::{self, DeadLetterTopic};
 use crate::metrics::Metrics;
@@ -92,9 +93,23 @@ pub async fn run(
             Some(Arc::new(lm))
         }
     };
-    let mut thresholds = ThresholdSet::new(config.thresholds.clone());
-    thresholds.version = sink::register_thresholds(&pool, &thresholds).await?;
-    tracing::info!(model = %scorer.manifest.name, version = %scorer.manifest.version, thresholds = thresholds.version, "model and thresholds in force");
+    let mut policy = Policy::compile(
+        &config.thresholds,
+        &config.rules,
+        &scorer.manifest.feature_names,
+    )
+    .map_err(|problems| {
+        let listed: Vec<String> = problems.iter().map(|p| p.to_string()).collect();
+        EngineError::Other(format!(
+            "{} problem(s) in [thresholds] and [rules]:\n  {}",
+            listed.len(),
+            listed.join("\n  ")
+        ))
+    })?;
+    policy.version = sink::register_thresholds(&pool, &policy).await?;
+    metrics.policy_version.set(policy.version.into());
+    tracing::info!(model = %scorer.manifest.name, version = %scorer.manifest.version, thresholds = policy.version, rules = policy.rules.rules().len(), "model, thresholds and rules in force");
+    let (policy_tx, policy_rx) = tokio::sync::watch::channel(Arc::new(policy));
 
     let k = &config.kafka;
     until_up("kafka", &shutdown, || async {
@@ -113,7 +128,6 @@ pub async fn run(
         model_name: scorer.manifest.name.clone(),
         model_version: scorer.manifest.version.clone(),
         model_sha256: scorer.manifest.sha256.clone(),
-        threshold_version: thresholds.version,
         feature_names: scorer.manifest.feature_names.clone(),
         source_topic: k.transactions_topic.clone(),
     };
@@ -125,9 +139,14 @@ pub async fn run(
         health: health.clone(),
         scorer,
         lm,
-        thresholds,
+        policy: policy_rx,
         provenance,
     });
+    // Thresholds and rules follow the config file while the engine runs.
+    let reloader = config
+        .path
+        .clone()
+        .map(|path| tokio::spawn(reload::Reloader::new(&shared, path, policy_tx).run()));
     let stop = Arc::new(AtomicBool::new(false));
     let owner = format!("{}-{}", hostname(), std::process::id());
 
@@ -255,6 +274,9 @@ pub async fn run(
     health.set_started(false);
     for task in &stage_tasks {
         task.abort();
+    }
+    if let Some(r) = &reloader {
+        r.abort();
     }
     if first_error.is_none() {
         for c in [transactions.consumer, labels.consumer] {

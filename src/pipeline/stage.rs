@@ -5,7 +5,7 @@
 
 use super::batch;
 use crate::config::Config;
-use crate::decision::ThresholdSet;
+use crate::decision::Policy;
 use crate::features::FeatureBatch;
 use crate::health::Health;
 use crate::ingest;
@@ -54,7 +54,9 @@ pub(super) struct Shared {
     pub(super) scorer: Scorer,
     /// The merchant language model, when `[language_model]` is configured.
     pub(super) lm: Option<Arc<MerchantLm>>,
-    pub(super) thresholds: ThresholdSet,
+    /// The thresholds and rules in force: replaced when the config file
+    /// changes, read once per batch by the decide stage.
+    pub(super) policy: tokio::sync::watch::Receiver<Arc<Policy>>,
     pub(super) provenance: Provenance,
 }
 

@@ -15,7 +15,7 @@ mod copy;
 pub mod schema;
 pub mod state;
 
-use crate::decision::ThresholdSet;
+use crate::decision::Policy;
 use crate::features;
 use crate::scoring::Manifest;
 use chrono::{DateTime, Utc};
@@ -155,7 +155,7 @@ pub async fn register_model(pool: &PgPool, m: &Manifest) -> Result<(), SinkError
 /// Two statements, so the engine needs no UPDATE on `threshold_sets`: the
 /// insert waits for a concurrent insert of the same content to commit (or
 /// roll back), and the select, in a later snapshot, then sees the row.
-pub async fn register_thresholds(pool: &PgPool, set: &ThresholdSet) -> Result<i32, SinkError> {
+pub async fn register_thresholds(pool: &PgPool, set: &Policy) -> Result<i32, SinkError> {
     let sha = set.content_sha256();
     sqlx::query(
         "INSERT INTO threshold_sets (content_sha256, thresholds, changed_by) VALUES ($1, $2, $3)
@@ -163,7 +163,7 @@ pub async fn register_thresholds(pool: &PgPool, set: &ThresholdSet) -> Result<i3
     )
     .bind(&sha)
     .bind(set.canonical_json())
-    .bind(&set.config.changed_by)
+    .bind(set.changed_by())
     .execute(pool)
     .await?;
     Ok(
@@ -269,6 +269,10 @@ pub struct DecisionRow {
     pub history_tx_ids: Vec<std::sync::Arc<str>>,
     pub history_weights: Vec<f32>,
     pub state_complete: bool,
+    /// `threshold_sets.version` of the policy this row was decided under.
+    pub threshold_version: i32,
+    /// Names of the rules that fired, in precedence order.
+    pub rules_fired: Vec<std::sync::Arc<str>>,
     /// −log p(this MCC | the card's previous MCCs) under the merchant language
     /// model, in nats; `None` when no `[language_model]` is configured.
     pub mcc_surprise: Option<f32>,
@@ -366,7 +370,6 @@ pub struct Provenance {
     pub model_name: String,
     pub model_version: String,
     pub model_sha256: String,
-    pub threshold_version: i32,
     pub feature_names: Vec<String>,
     pub source_topic: String,
 }
@@ -630,15 +633,15 @@ async fn insert_decisions(
     let out = sqlx::query(
         "INSERT INTO risk_decisions (tx_id, ts, card_id, terminal_id, amount, currency, mcc, channel, country,
                 score, decision, model_name, model_version, model_sha256, threshold_version, features,
-                state_complete, source_topic, source_partition, source_offset, kafka_ts, mcc_surprise)
+                state_complete, source_topic, source_partition, source_offset, kafka_ts, mcc_surprise, rules_fired)
          SELECT u.tx_id, u.ts, u.card_id, u.terminal_id, (u.cents::numeric / 100)::numeric(14, 2), u.currency, u.mcc, u.channel,
-                u.country, u.score, u.decision, $14, $15, $16, $17, u.features::real[], u.complete, $18,
-                u.part, u.off, u.kafka_ts, u.surprise
+                u.country, u.score, u.decision, $14, $15, $16, u.version, u.features::real[], u.complete, $18,
+                u.part, u.off, u.kafka_ts, u.surprise, u.rules::text[]
            FROM unnest($1::text[], $2::timestamptz[], $3::text[], $4::text[], $5::bigint[], $6::text[],
                        $7::int[], $8::text[], $9::text[], $10::real[], $11::text[], $12::text[], $13::bool[],
-                       $19::int[], $20::bigint[], $21::timestamptz[], $22::real[])
+                       $17::int[], $19::int[], $20::bigint[], $21::timestamptz[], $22::real[], $23::text[])
              AS u(tx_id, ts, card_id, terminal_id, cents, currency, mcc, channel, country, score, decision,
-                  features, complete, part, off, kafka_ts, surprise)
+                  features, complete, version, part, off, kafka_ts, surprise, rules)
          ON CONFLICT (tx_id) DO NOTHING
          RETURNING tx_id",
     )
@@ -658,12 +661,13 @@ async fn insert_decisions(
     .bind(&p.model_name)
     .bind(&p.model_version)
     .bind(&p.model_sha256)
-    .bind(p.threshold_version)
+    .bind(rows.iter().map(|d| d.threshold_version).collect::<Vec<_>>())
     .bind(&p.source_topic)
     .bind(rows.iter().map(|d| d.partition).collect::<Vec<_>>())
     .bind(rows.iter().map(|d| d.offset).collect::<Vec<_>>())
     .bind(rows.iter().map(|d| d.kafka_ts).collect::<Vec<_>>())
     .bind(rows.iter().map(|d| d.mcc_surprise).collect::<Vec<_>>())
+    .bind(rows.iter().map(|d| text_array(&d.rules_fired)).collect::<Vec<_>>())
     .fetch_all(&mut *tx)
     .await?;
     Ok(out.iter().map(|r| r.get(0)).collect())
@@ -685,7 +689,7 @@ async fn copy_decided(
     for d in rows {
         let t = &d.tx;
         decisions
-            .row(22)
+            .row(23)
             .text(&t.tx_id)
             .timestamptz(t.ts)
             .text(&t.card_id)
@@ -700,20 +704,22 @@ async fn copy_decided(
             .text(&p.model_name)
             .text(&p.model_version)
             .text(&p.model_sha256)
-            .int4(p.threshold_version)
+            .int4(d.threshold_version)
             .float4_array(&d.features)
             .bool(d.state_complete)
             .text(&p.source_topic)
             .int4(d.partition)
             .int8(d.offset)
             .opt_timestamptz(d.kafka_ts)
-            .opt_float4(d.mcc_surprise);
+            .opt_float4(d.mcc_surprise)
+            .text_array(&d.rules_fired);
     }
     copy_in(
         tx,
         "COPY risk_decisions (tx_id, ts, card_id, terminal_id, amount, currency, mcc, channel, country,
               score, decision, model_name, model_version, model_sha256, threshold_version, features,
-              state_complete, source_topic, source_partition, source_offset, kafka_ts, mcc_surprise)
+              state_complete, source_topic, source_partition, source_offset, kafka_ts, mcc_surprise,
+              rules_fired)
          FROM STDIN (FORMAT binary)",
         decisions.finish(),
     )

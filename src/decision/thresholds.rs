@@ -1,42 +1,19 @@
-//! Decisions: a score and a transaction's channel, against the threshold set
-//! in force, give approve / review / decline.
-//!
-//! This module owns the threshold set and its identity (a content hash that
-//! `threshold_sets` turns into a version number). It never looks at models
-//! or storage: deciding is a pure function, so a backtest can replay it.
+//! Thresholds: a score and a transaction's channel give the decision the
+//! model alone would make.
 
+use super::Decision;
 use crate::config::{ThresholdConfig, Thresholds};
 use crate::event::Channel;
-use sha2::{Digest, Sha256};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Decision {
-    Approve,
-    Review,
-    Decline,
-}
-
-impl Decision {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Decision::Approve => "approve",
-            Decision::Review => "review",
-            Decision::Decline => "decline",
-        }
-    }
-}
-
-/// The thresholds in force, with the version Postgres assigned to them.
+/// The configured thresholds, with their per-channel overrides.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ThresholdSet {
     pub config: ThresholdConfig,
-    /// `threshold_sets.version`; 0 until registered.
-    pub version: i32,
 }
 
 impl ThresholdSet {
     pub fn new(config: ThresholdConfig) -> Self {
-        ThresholdSet { config, version: 0 }
+        ThresholdSet { config }
     }
 
     /// Thresholds for a channel: its override if any, else the defaults.
@@ -62,19 +39,14 @@ impl ThresholdSet {
         }
     }
 
-    /// The canonical JSON stored in `threshold_sets` (who changed it is not
-    /// part of what the thresholds are).
+    /// The thresholds as stored in `threshold_sets` (who changed them is not
+    /// part of what they are).
     pub fn canonical_json(&self) -> serde_json::Value {
         serde_json::json!({
             "review": self.config.review,
             "decline": self.config.decline,
             "channel": self.config.channel,
         })
-    }
-
-    /// Identity of the content: equal thresholds get the same version.
-    pub fn content_sha256(&self) -> String {
-        hex::encode(Sha256::digest(self.canonical_json().to_string().as_bytes()))
     }
 }
 
@@ -108,14 +80,5 @@ mod tests {
         assert_eq!(s.decide(0.9, None), Decision::Decline);
         assert_eq!(s.decide(0.35, Some(Channel::Ecom)), Decision::Review);
         assert_eq!(s.decide(0.6, Some(Channel::Ecom)), Decision::Decline);
-    }
-
-    #[test]
-    fn version_identity_ignores_who_changed_it() {
-        let mut other = set();
-        other.config.changed_by = "someone else".into();
-        assert_eq!(set().content_sha256(), other.content_sha256());
-        other.config.decline = 0.95;
-        assert_ne!(set().content_sha256(), other.content_sha256());
     }
 }
