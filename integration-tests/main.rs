@@ -7,6 +7,7 @@
 //! two cores.
 
 mod attention_parity;
+mod backtest;
 mod chaos;
 mod common;
 mod config_errors;

@@ -65,6 +65,20 @@ kill -TERM "$ENGINE"; wait "$ENGINE" || true; trap - EXIT
 echo "(all decided within ${ELAPSED}s of the producer finishing; engine log: $LOG)"
 echo
 RISKSTREAM_POSTGRES__URL="$ANALYST_URL" "$BIN" report
+echo
+echo "What if the review threshold were 0.1, with a rule for large online payments"
+echo "on busy cards? (riskstream backtest: the stored decisions, re-decided)"
+CANDIDATE=.stack/demo-candidate.toml
+sed 's/^review = .*/review = 0.1/' config/riskstream.toml > "$CANDIDATE"
+cat >> "$CANDIDATE" <<'TOML'
+
+[[rules.rule]]
+name = "large-ecom-busy-card"
+when = "channel == 'ecom' && amount > 300.0 && card_count_1d >= 4.0"
+action = "review"
+reason = "large online payment on a card used 4+ times today"
+TOML
+RISKSTREAM_BACKTEST_URL="$ANALYST_URL" "$BIN" backtest --candidate "$CANDIDATE" --plot .stack/demo-sweep.svg
 cat <<MSG
 
 Explore it yourself, read-only (password dev-analyst):

@@ -8,7 +8,7 @@ use crate::simulate::{self, SimConfig, Simulator};
 use crate::{pipeline, registry, serve, sink};
 use anyhow::{Context, Result};
 use sqlx::Row;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
@@ -408,6 +408,93 @@ pub async fn report(config: &Config) -> Result<ExitCode> {
             r.get::<String, _>(5),
             r.get::<String, _>(6)
         );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+#[derive(clap::Args, Debug)]
+pub struct BacktestArgs {
+    /// First day (YYYY-MM-DD, UTC) of decisions to read; default: the first stored.
+    #[arg(long)]
+    pub from: Option<chrono::NaiveDate>,
+    /// Last day, included; default: the last stored.
+    #[arg(long)]
+    pub to: Option<chrono::NaiveDate>,
+    /// A config file whose [thresholds] and [rules] are the candidate
+    /// (an edited copy of the engine's); default: the --config file itself.
+    #[arg(long)]
+    pub candidate: Option<PathBuf>,
+    /// The candidate's review threshold instead of its file's.
+    #[arg(long)]
+    pub review: Option<f32>,
+    /// The candidate's decline threshold instead of its file's.
+    #[arg(long)]
+    pub decline: Option<f32>,
+    /// Also sweep the review threshold (precision / recall / alerts per day).
+    #[arg(long)]
+    pub sweep: bool,
+    /// Write the sweep as an SVG picture here (implies --sweep).
+    #[arg(long)]
+    pub plot: Option<PathBuf>,
+    /// The report as JSON on stdout instead of a table.
+    #[arg(long)]
+    pub json: bool,
+    /// Read with this Postgres URL (an analyst's login); default: postgres.url.
+    #[arg(long, env = "RISKSTREAM_BACKTEST_URL", hide_env_values = true)]
+    pub url: Option<String>,
+}
+
+/// `riskstream backtest`: see [`crate::backtest`].
+pub async fn backtest(config: &Config, args: &BacktestArgs) -> Result<ExitCode> {
+    let mut candidate = match &args.candidate {
+        Some(path) => Config::load(path)?,
+        None => config.clone(),
+    };
+    let t = &mut candidate.thresholds;
+    t.review = args.review.unwrap_or(t.review);
+    t.decline = args.decline.unwrap_or(t.decline);
+    if !(0.0..=1.0).contains(&t.review) || !(0.0..=1.0).contains(&t.decline) || t.review > t.decline
+    {
+        anyhow::bail!(
+            "candidate thresholds review {} / decline {}: each must be within [0, 1] and review at most decline",
+            t.review,
+            t.decline
+        );
+    }
+    let manifest = crate::scoring::Manifest::read(&candidate.model.dir)?;
+    let policy = crate::decision::Policy::compile(
+        &candidate.thresholds,
+        &candidate.rules,
+        &manifest.feature_names,
+    )
+    .map_err(|problems| {
+        let listed: Vec<String> = problems.iter().map(|p| p.to_string()).collect();
+        anyhow::anyhow!("the candidate's rules: {}", listed.join("; "))
+    })?;
+    let url = args.url.as_deref().unwrap_or(config.postgres.url.expose());
+    let pool = sink::connect(url, 2).await?;
+    let loaded = crate::backtest::load(
+        &pool,
+        args.from,
+        args.to,
+        manifest.feature_names.len(),
+        !args.json,
+    )
+    .await?;
+    let sweep = args.sweep || args.plot.is_some();
+    let report =
+        tokio::task::spawn_blocking(move || crate::backtest::run(&loaded, &policy, sweep)).await?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", report.table());
+    }
+    if let Some(path) = &args.plot {
+        std::fs::write(path, crate::backtest::plot::svg(&report))
+            .with_context(|| format!("write {}", path.display()))?;
+        if !args.json {
+            println!("\nSweep picture: {}", path.display());
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -42,6 +42,15 @@ impl Channel {
             Channel::Atm => "atm",
         }
     }
+
+    pub fn parse(s: &str) -> Option<Channel> {
+        match s {
+            "pos" => Some(Channel::Pos),
+            "ecom" => Some(Channel::Ecom),
+            "atm" => Some(Channel::Atm),
+            _ => None,
+        }
+    }
 }
 
 /// A confirmed fraud or chargeback report (`labels` topic), arriving days later.

@@ -5,6 +5,7 @@
 //! Postgres transaction per batch, offsets included). See `docs/ARCHITECTURE.md`.
 
 pub mod attention;
+pub mod backtest;
 pub mod cli;
 pub mod config;
 pub mod decision;

@@ -73,6 +73,10 @@ enum Command {
     },
     /// Summarize what landed in Postgres: decisions by outcome and a few explained declines.
     Report,
+    /// What a candidate policy (thresholds and rules) would have decided on
+    /// the stored decisions of a date range, beside what was decided: alerts
+    /// per day, review queue, precision, recall, amounts, each rule's firing.
+    Backtest(riskstream::cli::BacktestArgs),
 }
 
 #[derive(clap::Args)]
@@ -278,5 +282,8 @@ async fn dispatch(cli: Cli) -> Result<ExitCode> {
                 },
         } => riskstream::cli::translate(&encoder, &decoder, &text, beam).await,
         Command::Report => riskstream::cli::report(&Config::load(&cli.config)?).await,
+        Command::Backtest(args) => {
+            riskstream::cli::backtest(&Config::load(&cli.config)?, &args).await
+        }
     }
 }

@@ -110,18 +110,8 @@ impl Policy {
         }
         let outcome = self.rules.evaluate(facts);
         let rules = self.rules.rules();
-        let overriding = outcome
-            .fired
-            .iter()
-            .map(|&i| rules[i].action)
-            .find(|a| *a != Decision::Review);
-        let decision = match overriding {
-            Some(action) => action,
-            None if !outcome.fired.is_empty() => by_score.max(Decision::Review),
-            None => by_score,
-        };
         Decided {
-            decision,
+            decision: self.combine(by_score, &outcome),
             rules_fired: outcome
                 .fired
                 .iter()
@@ -132,6 +122,23 @@ impl Policy {
                 .into_iter()
                 .map(|(i, e)| (rules[i].name.clone(), e))
                 .collect(),
+        }
+    }
+
+    /// The score's decision and the rules' outcome on a row, combined as the
+    /// module documentation says. Rules do not depend on the thresholds, so
+    /// a threshold sweep evaluates them once per row and combines many times.
+    pub fn combine(&self, by_score: Decision, outcome: &Outcome) -> Decision {
+        let rules = self.rules.rules();
+        let overriding = outcome
+            .fired
+            .iter()
+            .map(|&i| rules[i].action)
+            .find(|a| *a != Decision::Review);
+        match overriding {
+            Some(action) => action,
+            None if !outcome.fired.is_empty() => by_score.max(Decision::Review),
+            None => by_score,
         }
     }
 
