@@ -63,6 +63,7 @@ integration-test:
 # The committed models still match their manifests, golden files and test vectors (ONNX Runtime from Python, no PyTorch).
 model-check:
 	.venv/bin/python training/export_check.py models/fraud-attention
+	.venv/bin/python training/export_check.py models/fraud-attention-int8
 	.venv/bin/python training/zoo/check.py
 
 lint: setup

@@ -2,7 +2,11 @@
 # A/B throughput of riskstream builds on the same pre-loaded stream, in one
 # run (the quick check beside `make bench`, which stays the record):
 #
-#   bench/ab.sh N LABEL=BINARY:DIR [LABEL=BINARY:DIR ...]
+#   bench/ab.sh N LABEL=BINARY:DIR[:KEY=VALUE,...] [LABEL=BINARY:DIR ...]
+#
+# KEY=VALUE pairs after a second colon are extra environment for that run,
+# e.g. a shadow model beside the champion:
+#   shadow=$BIN:$PWD:RISKSTREAM_SHADOW__DIR=$PWD/models/fraud-attention-int8
 #
 # N simulated transactions are produced once (by the first binary, from its
 # DIR, so an older build reads the stream it was written for); then each
@@ -39,14 +43,22 @@ env_for() {
 }
 
 first=${1#*=}
+first_dir=${first#*:}
+first_dir=${first_dir%%:*}
 env_for "$PREFIX-simulator" unused "${first%%:*}"
-(cd "${first#*:}" && env "${ENV[@]}" "${first%%:*}" simulate --transactions "$N" --seed 1 >&2)
+(cd "$first_dir" && env "${ENV[@]}" "${first%%:*}" simulate --transactions "$N" --seed 1 >&2)
 
 for spec in "$@"; do
   label=${spec%%=*} rest=${spec#*=}
-  bin=${rest%%:*} dir=${rest#*:} db="ab_${spec%%=*}"
+  bin=${rest%%:*} after=${rest#*:} db="ab_${spec%%=*}"
+  dir=${after%%:*} extra=""
+  [[ $after == *:* ]] && extra=${after#*:}
   "${PSQL[@]}" -d riskstream -c "DROP DATABASE IF EXISTS $db WITH (FORCE)" -c "CREATE DATABASE $db" 2>/dev/null
   env_for "$PREFIX-$label" "$db" "$bin"
+  if [[ -n $extra ]]; then
+    IFS=, read -ra more <<<"$extra"
+    ENV+=("${more[@]}")
+  fi
   (cd "$dir" && env "${ENV[@]}" "$bin" migrate >/dev/null)
   start=$(date +%s.%N)
   (cd "$dir" && exec env "${ENV[@]}" "$bin" run 2>"$OUT/ab-$label.log") &

@@ -206,3 +206,112 @@ async fn thresholds_and_rules_change_live_and_a_broken_edit_changes_nothing() {
     assert_eq!(reasons[0], "blocked-card: card on the block list");
     world.drop_database().await;
 }
+
+fn int8_dir() -> std::path::PathBuf {
+    crate::common::repo_root().join("models/fraud-attention-int8")
+}
+
+/// `[shadow]` scores every transaction beside the champion into
+/// `shadow_decisions`; pointing `[model]` at it promotes it live, after the
+/// checks of start-up, which a tampered model fails without changing anything.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shadow_model_is_stored_beside_and_promoted_live() {
+    let world = World::new("shadow", 2).await;
+    let champion = crate::common::model_dir().display().to_string();
+    let shadow = format!("[shadow]\ndir = \"{}\"\n", int8_dir().display());
+    std::fs::write(&world.config_path, config(&world, V1, &shadow)).unwrap();
+    let mut engine = world.start_engine("shadow");
+    produce(&world, "a", 0, 600);
+    world
+        .wait_for_decisions(&mut engine, 600, Duration::from_secs(120))
+        .await;
+    // The shadow's rows land with the decisions' commit: wait for none.
+    let stored: (i64, i64, f64) = sqlx::query_as(
+        "SELECT count(*), count(*) FILTER (WHERE s.decision <> CASE WHEN s.score >= 0.9::real THEN 'decline'
+                                                                 WHEN s.score >= 0.5::real THEN 'review' ELSE 'approve' END),
+                max(abs(s.score - d.score))::float8
+           FROM shadow_decisions s JOIN risk_decisions d USING (tx_id)
+          WHERE s.model_name = 'fraud-attention-int8' AND s.threshold_version = d.threshold_version",
+    )
+    .fetch_one(&world.pool)
+    .await
+    .unwrap();
+    assert_eq!(stored.0, 600, "every decision has its shadow row");
+    assert_eq!(
+        stored.1, 0,
+        "the shadow's would-be decisions follow the thresholds"
+    );
+    assert!(
+        stored.2 < 0.1,
+        "an int8 copy scores close to its float model: {}",
+        stored.2
+    );
+    let compared: i64 = sqlx::query_scalar("SELECT sum(decisions)::bigint FROM shadow_comparison")
+        .fetch_one(&world.pool)
+        .await
+        .unwrap();
+    assert_eq!(compared, 600);
+
+    // A promotion to a tampered model (golden outputs that it does not
+    // reproduce) is refused: the champion keeps deciding.
+    let tampered = world.dir.path().join("tampered-int8");
+    std::fs::create_dir(&tampered).unwrap();
+    for f in ["model.onnx", "manifest.json"] {
+        std::fs::copy(int8_dir().join(f), tampered.join(f)).unwrap();
+    }
+    let golden = std::fs::read_to_string(int8_dir().join("golden.json")).unwrap();
+    let mut golden: serde_json::Value = serde_json::from_str(&golden).unwrap();
+    let first = golden["outputs"]["score"][0].as_f64().unwrap();
+    golden["outputs"]["score"][0] = serde_json::json!(first + 0.01);
+    std::fs::write(tampered.join("golden.json"), golden.to_string()).unwrap();
+    let rejected = engine.log_count("config change rejected");
+    std::fs::write(
+        &world.config_path,
+        config(&world, V1, "").replace(&champion, &tampered.display().to_string()),
+    )
+    .unwrap();
+    engine.hangup();
+    engine
+        .wait_for_log("config change rejected", rejected, Duration::from_secs(60))
+        .await;
+    assert!(
+        engine.log_count("golden.json row 0") > 0,
+        "{}",
+        engine.log_tail()
+    );
+
+    // Promotion: [model] points at the shadow's directory, no shadow left.
+    let changed = engine.log_count("models changed");
+    std::fs::write(
+        &world.config_path,
+        config(&world, V1, "").replace(&champion, &int8_dir().display().to_string()),
+    )
+    .unwrap();
+    engine.hangup();
+    engine
+        .wait_for_log("models changed", changed, Duration::from_secs(60))
+        .await;
+    produce(&world, "b", 600, 600);
+    world
+        .wait_for_decisions(&mut engine, 1200, Duration::from_secs(120))
+        .await;
+    assert!(engine.terminate().success());
+    let by_model: Vec<(String, String, i64)> = sqlx::query_as(
+        "SELECT left(tx_id, 1), model_name, count(*) FROM risk_decisions GROUP BY 1, 2 ORDER BY 1",
+    )
+    .fetch_all(&world.pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        by_model,
+        [
+            ("a".into(), "fraud-attention".into(), 600),
+            ("b".into(), "fraud-attention-int8".into(), 600)
+        ]
+    );
+    assert_eq!(
+        world.count("SELECT count(*) FROM shadow_decisions").await,
+        600
+    );
+    world.drop_database().await;
+}

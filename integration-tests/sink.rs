@@ -10,7 +10,8 @@ use riskstream::decision::{Decision, Policy};
 use riskstream::event::{Channel, Transaction};
 use riskstream::scoring::Manifest;
 use riskstream::sink::{
-    self, DeadLetter, DecisionRow, Mode, OffsetUpdate, Provenance, PublishDeadLetters, SinkBatch,
+    self, DeadLetter, DecisionRow, Mode, ModelId, OffsetUpdate, Provenance, PublishDeadLetters,
+    ShadowRow, SinkBatch,
 };
 use sqlx::Row;
 use std::sync::Mutex;
@@ -65,6 +66,14 @@ fn row(id: &str, offset: i64, amount: f64) -> DecisionRow {
         partition: 0,
         offset,
         kafka_ts: (offset % 2 == 0).then(|| at("2026-03-01T10:00:01.5Z")),
+        // Odd rows were scored by the shadow too.
+        shadow: (offset % 2 == 1).then(|| ShadowRow {
+            score: 0.125,
+            decision: Decision::Approve,
+            rules_fired: vec!["shadow rule".into()],
+            feature_weights: vec![0.05; 20],
+            history_weights: vec![0.5, 0.5],
+        }),
     }
 }
 
@@ -85,13 +94,16 @@ async fn copied_rows_read_back_as_sent_and_a_tx_id_decided_meanwhile_is_a_duplic
         .await
         .unwrap();
     let p = Provenance {
-        model_name: manifest.name.clone(),
-        model_version: manifest.version.clone(),
-        model_sha256: manifest.sha256.clone(),
-        feature_names: manifest.feature_names.clone(),
         source_topic: "tx".into(),
     };
+    let shadow_model = ModelId {
+        name: "challenger".into(),
+        version: "7".into(),
+        sha256: "c0ffee".into(),
+    };
     let batch = |decisions: Vec<DecisionRow>, next_offset: i64| SinkBatch {
+        model: (&manifest).into(),
+        shadow_model: Some(shadow_model.clone()),
         decisions,
         offsets: vec![OffsetUpdate {
             topic: "tx".into(),
@@ -192,6 +204,27 @@ async fn copied_rows_read_back_as_sent_and_a_tx_id_decided_meanwhile_is_a_duplic
             ("t3".into(), 3, "7.13".into())
         ]
     );
+    // Shadow rows went in with both paths (t2 by COPY, t3 by INSERT), none
+    // for the duplicate.
+    type Stored = (String, String, f32, String, Vec<String>, Vec<f32>);
+    let shadows: Vec<Stored> = sqlx::query_as(
+        "SELECT tx_id, model_name, score, decision, rules_fired, history_weights
+           FROM shadow_decisions ORDER BY tx_id",
+    )
+    .fetch_all(pool)
+    .await
+    .unwrap();
+    assert_eq!(shadows.len(), 2, "{shadows:?}");
+    let ids: Vec<&str> = shadows.iter().map(|s| s.0.as_str()).collect();
+    assert_eq!(ids, ["t2", "t3"]);
+    for s in &shadows {
+        assert_eq!(
+            (s.1.as_str(), s.2, s.3.as_str()),
+            ("challenger", 0.125, "approve")
+        );
+        assert_eq!(s.4, ["shadow rule"]);
+        assert_eq!(s.5, [0.5, 0.5]);
+    }
     // The INSERT path writes the fired rules too.
     let t3_rules: Vec<String> =
         sqlx::query_scalar("SELECT rules_fired FROM risk_decisions WHERE tx_id = 't3'")

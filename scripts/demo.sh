@@ -31,6 +31,9 @@ export RISKSTREAM_KAFKA__TRANSACTIONS_TOPIC="$RUN.transactions"
 export RISKSTREAM_KAFKA__LABELS_TOPIC="$RUN.labels"
 export RISKSTREAM_KAFKA__DLQ_TOPIC="$RUN.transactions.dlq"
 export RISKSTREAM_SERVER__LISTEN="127.0.0.1:9464"
+# A challenger scored beside the model on every transaction, never deciding:
+# the float model quantized to int8 (models/fraud-attention-int8).
+export RISKSTREAM_SHADOW__DIR="../models/fraud-attention-int8"
 
 "$BIN" check-config
 # `run` does not migrate (its login may not): it refuses to start until this did.
@@ -79,6 +82,17 @@ action = "review"
 reason = "large online payment on a card used 4+ times today"
 TOML
 RISKSTREAM_BACKTEST_URL="$ANALYST_URL" "$BIN" backtest --candidate "$CANDIDATE" --plot .stack/demo-sweep.svg
+echo
+echo "The shadow model against the champion, on the same transactions (view shadow_comparison):"
+"${PSQL[@]}" -d "$DB" -P footer=off -c "
+  SELECT champion, shadow, sum(decisions) AS decisions, sum(frauds) AS frauds,
+         sum(champion_alerts) AS champion_alerts, sum(shadow_alerts) AS shadow_alerts,
+         round(sum(champion_true_alerts) / NULLIF(sum(champion_alerts), 0), 3) AS champion_precision,
+         round(sum(shadow_true_alerts) / NULLIF(sum(shadow_alerts), 0), 3) AS shadow_precision,
+         round(sum(champion_true_alerts) / NULLIF(sum(frauds), 0), 3) AS champion_recall,
+         round(sum(shadow_true_alerts) / NULLIF(sum(frauds), 0), 3) AS shadow_recall,
+         sum(disagreements) AS disagreements
+    FROM shadow_comparison GROUP BY 1, 2"
 cat <<MSG
 
 Explore it yourself, read-only (password dev-analyst):

@@ -207,6 +207,21 @@ pub fn check_config(path: &Path) -> Result<ExitCode> {
     if verify_model(&config.model.dir)? != ExitCode::SUCCESS {
         return Ok(ExitCode::FAILURE);
     }
+    if let Some(shadow) = &config.shadow {
+        match Scorer::open(&shadow.dir, 1, 1, 1) {
+            Ok(s) => println!(
+                "{}: {} v{} sha256 {} ok (shadow: scored beside the model, never deciding)",
+                shadow.dir.display(),
+                s.manifest.name,
+                s.manifest.version,
+                s.manifest.sha256
+            ),
+            Err(e) => {
+                eprintln!("shadow.dir: {e}");
+                return Ok(ExitCode::FAILURE);
+            }
+        }
+    }
     let manifest = crate::scoring::Manifest::read(&config.model.dir)?;
     match crate::decision::Policy::compile(
         &config.thresholds,

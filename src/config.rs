@@ -48,6 +48,10 @@ pub struct Config {
     #[serde(default)]
     pub event_time: EventTimeConfig,
     pub model: ModelConfig,
+    /// A second fraud model scored on every transaction beside `[model]`,
+    /// stored in `shadow_decisions`, never deciding. Live, like `[model]`.
+    #[serde(default)]
+    pub shadow: Option<ModelConfig>,
     pub thresholds: ThresholdConfig,
     #[serde(default)]
     pub server: ServerConfig,
@@ -408,6 +412,9 @@ impl Config {
         if config.model.dir.is_relative() {
             config.model.dir = base.join(&config.model.dir);
         }
+        if let Some(shadow) = config.shadow.as_mut().filter(|m| m.dir.is_relative()) {
+            shadow.dir = base.join(&shadow.dir);
+        }
         if let Some(lm) = config
             .language_model
             .as_mut()
@@ -538,6 +545,17 @@ impl Config {
             let path = self.model.dir.join(file);
             if !path.is_file() {
                 bad("model.dir", format!("{} does not exist", path.display()));
+            }
+        }
+        if let Some(shadow) = &self.shadow {
+            if shadow.max_batch == 0 {
+                bad("shadow.max_batch", "must be at least 1".into());
+            }
+            for file in ["model.onnx", "manifest.json"] {
+                let path = shadow.dir.join(file);
+                if !path.is_file() {
+                    bad("shadow.dir", format!("{} does not exist", path.display()));
+                }
             }
         }
         if let Some(lm) = &self.language_model {

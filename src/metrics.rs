@@ -59,6 +59,11 @@ pub struct Metrics {
     /// Rows on which a rule's condition could not be evaluated (it did not
     /// fire), by rule: a sign the rule needs a `!= null` guard.
     pub rule_failures: IntCounterVec,
+    /// Batches the shadow model failed to score (its rows are missing from
+    /// `shadow_decisions`; the champion decided them as ever).
+    pub shadow_failures: IntCounter,
+    /// Rows where the shadow's would-be decision differs from the champion's.
+    pub shadow_disagreements: IntCounter,
 }
 
 impl Metrics {
@@ -192,9 +197,22 @@ impl Metrics {
                 &["rule"],
             )
             .unwrap(),
+            shadow_failures: IntCounter::new(
+                "riskstream_shadow_failures_total",
+                "Batches the shadow model failed to score (the champion decided them)",
+            )
+            .unwrap(),
+            shadow_disagreements: IntCounter::new(
+                "riskstream_shadow_disagreements_total",
+                "Rows whose shadow decision differs from the champion's",
+            )
+            .unwrap(),
             registry,
         };
         m.registry.register(Box::new(m.consumed.clone())).unwrap();
+        for c in [&m.shadow_failures, &m.shadow_disagreements] {
+            m.registry.register(Box::new(c.clone())).unwrap();
+        }
         m.registry
             .register(Box::new(m.policy_version.clone()))
             .unwrap();

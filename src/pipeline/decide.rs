@@ -7,7 +7,7 @@
 use super::stage::{each_batch, EngineError, Item, Shared, Work};
 use crate::decision::Facts;
 use crate::features::HISTORY_LEN;
-use crate::sink::{DecisionRow, SinkBatch};
+use crate::sink::{DecisionRow, ModelId, ShadowRow, SinkBatch};
 use std::sync::Arc;
 use tokio::sync::mpsc;
 
@@ -41,6 +41,24 @@ fn decide(shared: &Shared, work: &Work) -> SinkBatch {
                 features: row_features,
                 score: s.score,
             });
+            // The shadow under the same policy: its rules read its score.
+            let shadow = work.shadow_scored.get(i).map(|sh| {
+                let would = policy.decide(&Facts {
+                    tx: &src.tx,
+                    features: row_features,
+                    score: sh.score,
+                });
+                if would.decision != decided.decision {
+                    shared.metrics.shadow_disagreements.inc();
+                }
+                ShadowRow {
+                    score: sh.score,
+                    decision: would.decision,
+                    rules_fired: would.rules_fired,
+                    feature_weights: sh.feature_attention.clone(),
+                    history_weights: sh.history_attention[..HISTORY_LEN].to_vec(),
+                }
+            });
             for rule in &decided.rules_fired {
                 shared.metrics.rules_fired.with_label_values(&[rule]).inc();
             }
@@ -70,6 +88,7 @@ fn decide(shared: &Shared, work: &Work) -> SinkBatch {
                     .kafka_ts_ms
                     .and_then(chrono::DateTime::from_timestamp_millis),
                 tx: src.tx.clone(),
+                shadow,
             }
         })
         .collect();
@@ -77,7 +96,13 @@ fn decide(shared: &Shared, work: &Work) -> SinkBatch {
         // Once per batch at most: a rule failing on every row must not flood the log.
         tracing::warn!(%rule, %error, %tx_id, "a rule could not be evaluated (it did not fire); riskstream_rule_failures_total counts every row");
     }
+    let models = work.models.as_deref();
     SinkBatch {
+        model: models.map_or_else(ModelId::default, |m| (&m.champion.manifest).into()),
+        shadow_model: models
+            .and_then(|m| m.shadow.as_ref())
+            .filter(|_| !work.shadow_scored.is_empty())
+            .map(|s| (&s.manifest).into()),
         decisions,
         dead_letters: work.dead_letters.clone(),
         labels: work.labels.clone(),

@@ -291,6 +291,8 @@ async fn build_work(
         state_complete,
         mcc_surprise: None,
         scored: Vec::new(),
+        models: None,
+        shadow_scored: Vec::new(),
         decided: None,
     };
     shared.metrics.in_flight.add(work.rows());

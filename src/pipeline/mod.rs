@@ -16,6 +16,7 @@ mod commit;
 mod decide;
 pub mod event_time;
 mod featurize;
+mod models;
 mod reload;
 mod score;
 mod stage;
@@ -27,7 +28,6 @@ use crate::health::Health;
 use crate::ingest::{self, DeadLetterTopic};
 use crate::metrics::Metrics;
 use crate::models::lm::MerchantLm;
-use crate::scoring::Scorer;
 use crate::sink::{self, Provenance};
 use stage::Shared;
 pub use stage::{EngineError, RunSummary};
@@ -60,16 +60,10 @@ pub async fn run(
     if !unknown.is_empty() {
         tracing::warn!(versions = ?unknown, "the database has migrations this riskstream does not know (migrated by a newer version)");
     }
-    let (dir, workers, intra, max_batch) = (
-        config.model.dir.clone(),
-        config.pipeline.scoring_workers,
-        config.model.intra_threads,
-        config.model.max_batch,
-    );
-    let scorer = tokio::task::spawn_blocking(move || Scorer::open(&dir, workers, intra, max_batch))
+    let models = models::Models::open(&config, &pool, None)
         .await
-        .map_err(|e| EngineError::Other(e.to_string()))??;
-    sink::register_model(&pool, &scorer.manifest).await?;
+        .map_err(EngineError::Other)?;
+    let feature_names = models.champion.manifest.feature_names.clone();
     let lm = match config.language_model.clone() {
         None => None,
         Some(c) => {
@@ -93,22 +87,18 @@ pub async fn run(
             Some(Arc::new(lm))
         }
     };
-    let mut policy = Policy::compile(
-        &config.thresholds,
-        &config.rules,
-        &scorer.manifest.feature_names,
-    )
-    .map_err(|problems| {
-        let listed: Vec<String> = problems.iter().map(|p| p.to_string()).collect();
-        EngineError::Other(format!(
-            "{} problem(s) in [thresholds] and [rules]:\n  {}",
-            listed.len(),
-            listed.join("\n  ")
-        ))
-    })?;
+    let mut policy =
+        Policy::compile(&config.thresholds, &config.rules, &feature_names).map_err(|problems| {
+            let listed: Vec<String> = problems.iter().map(|p| p.to_string()).collect();
+            EngineError::Other(format!(
+                "{} problem(s) in [thresholds] and [rules]:\n  {}",
+                listed.len(),
+                listed.join("\n  ")
+            ))
+        })?;
     policy.version = sink::register_thresholds(&pool, &policy).await?;
     metrics.policy_version.set(policy.version.into());
-    tracing::info!(model = %scorer.manifest.name, version = %scorer.manifest.version, thresholds = policy.version, rules = policy.rules.rules().len(), "model, thresholds and rules in force");
+    tracing::info!(models = %models.describe(), thresholds = policy.version, rules = policy.rules.rules().len(), "models, thresholds and rules in force");
     let (policy_tx, policy_rx) = tokio::sync::watch::channel(Arc::new(policy));
 
     let k = &config.kafka;
@@ -125,28 +115,25 @@ pub async fn run(
     })
     .await?;
     let provenance = Provenance {
-        model_name: scorer.manifest.name.clone(),
-        model_version: scorer.manifest.version.clone(),
-        model_sha256: scorer.manifest.sha256.clone(),
-        feature_names: scorer.manifest.feature_names.clone(),
         source_topic: k.transactions_topic.clone(),
     };
+    let (models_tx, models_rx) = tokio::sync::watch::channel(Arc::new(models));
     let dlq = ingest::DeadLetterTopic::new(k)?;
     let shared = Arc::new(Shared {
         config: config.clone(),
         pool: pool.clone(),
         metrics: metrics.clone(),
         health: health.clone(),
-        scorer,
+        models: models_rx,
         lm,
         policy: policy_rx,
         provenance,
     });
-    // Thresholds and rules follow the config file while the engine runs.
+    // Thresholds, rules and models follow the config file while the engine runs.
     let reloader = config
         .path
         .clone()
-        .map(|path| tokio::spawn(reload::Reloader::new(&shared, path, policy_tx).run()));
+        .map(|path| tokio::spawn(reload::Reloader::new(&shared, path, policy_tx, models_tx).run()));
     let stop = Arc::new(AtomicBool::new(false));
     let owner = format!("{}-{}", hostname(), std::process::id());
 

@@ -1,16 +1,22 @@
-//! Live policy: the engine watches its config file (every
-//! `pipeline.config_poll_ms`, and at once on SIGHUP). A change to
-//! `[thresholds]` (with its channel overrides) or `[rules]` is checked as at
-//! start-up, registered as a `threshold_sets` version (with the file's
-//! `thresholds.changed_by`) and handed to the decide stage, which decides
-//! with it from its next batch. Exactly-once is untouched: a batch is decided
-//! under one policy, and a batch replayed after a crash is decided again.
+//! Live policy and models: the engine watches its config file (every
+//! `pipeline.config_poll_ms`, and at once on SIGHUP).
+//! - A change to `[thresholds]` (with its channel overrides) or `[rules]` is
+//!   checked as at start-up, registered as a `threshold_sets` version (with
+//!   the file's `thresholds.changed_by`) and handed to the decide stage,
+//!   which decides with it from its next batch.
+//! - A change to `[model]` or `[shadow]` opens the model with every check of
+//!   start-up (sha256, IO contract, golden outputs) and hands it to the score
+//!   stage: promoting the shadow is pointing `[model]` at its directory.
 //!
-//! An invalid file changes nothing: the log names every problem and
-//! `riskstream_config_reloads_total{outcome="rejected"}` counts it. Changes to
-//! any other section take effect at the next restart, and the log says so.
+//! An edit is applied whole or not at all: an invalid file, a broken rule or
+//! a model that fails a check changes nothing; the log names every problem
+//! and `riskstream_config_reloads_total{outcome="rejected"}` counts it.
+//! Exactly-once is untouched: a batch is scored and decided whole under one
+//! model and one policy, each row records both, and a batch replayed after a
+//! crash is simply decided again. Other sections take effect at the next
+//! restart, and the log says so.
 
-use super::stage::Shared;
+use super::stage::{Models, Shared};
 use crate::config::{Config, ConfigError, Problem};
 use crate::decision::Policy;
 use crate::metrics::Metrics;
@@ -30,6 +36,7 @@ pub(super) struct Reloader {
     pool: PgPool,
     metrics: Arc<Metrics>,
     policy: watch::Sender<Arc<Policy>>,
+    models: watch::Sender<Arc<Models>>,
     /// The file's bytes last looked at, by hash: unchanged bytes are not
     /// looked at again, so a rejected file is reported once.
     last_seen: Option<[u8; 32]>,
@@ -38,7 +45,7 @@ pub(super) struct Reloader {
 /// What looking at a changed file did.
 #[derive(Debug, PartialEq)]
 enum Outcome {
-    Applied(i32),
+    Applied,
     Unchanged,
     Rejected,
     /// Postgres could not register the policy: try again at the next look.
@@ -50,15 +57,23 @@ impl Reloader {
         shared: &Shared,
         path: PathBuf,
         policy: watch::Sender<Arc<Policy>>,
+        models: watch::Sender<Arc<Models>>,
     ) -> Reloader {
         let last_seen = std::fs::read(&path).ok().map(|b| Sha256::digest(b).into());
         Reloader {
             path,
             running: shared.config.clone(),
-            feature_names: shared.scorer.manifest.feature_names.clone(),
+            feature_names: shared
+                .models
+                .borrow()
+                .champion
+                .manifest
+                .feature_names
+                .clone(),
             pool: shared.pool.clone(),
             metrics: shared.metrics.clone(),
             policy,
+            models,
             last_seen,
         }
     }
@@ -101,7 +116,7 @@ impl Reloader {
         }
         let outcome = self.apply().await;
         let label = match outcome {
-            Outcome::Applied(_) => "applied",
+            Outcome::Applied => "applied",
             Outcome::Unchanged => "unchanged",
             Outcome::Rejected => "rejected",
             Outcome::Retry => return,
@@ -134,38 +149,60 @@ impl Reloader {
             };
         let restart = restart_sections(&self.running, &config);
         if !restart.is_empty() {
-            tracing::warn!(path, sections = ?restart, "these sections changed: they take effect at the next restart (only [thresholds] and [rules] are live)");
+            tracing::warn!(path, sections = ?restart, "these sections changed: they take effect at the next restart (only [thresholds], [rules], [model] and [shadow] are live)");
         }
         let current = self.policy.borrow().clone();
-        if policy.content_sha256() == current.content_sha256() {
+        let current_models = self.models.borrow().clone();
+        let policy_changed = policy.content_sha256() != current.content_sha256();
+        let models = if current_models.differ_from(&config) {
+            match Models::open(&config, &self.pool, Some(&current_models)).await {
+                Ok(m) => Some(m),
+                Err(message) => {
+                    let key = message.split(':').next().unwrap_or("model").to_owned();
+                    return self.rejected(&[Problem { key, message }]);
+                }
+            }
+        } else {
+            None
+        };
+        if !policy_changed && models.is_none() {
             tracing::info!(
                 path,
                 version = current.version,
-                "config file changed; thresholds and rules did not"
+                "config file changed; nothing live did"
             );
             return Outcome::Unchanged;
         }
-        policy.version = match sink::register_thresholds(&self.pool, &policy).await {
-            Ok(v) => v,
-            Err(e) => {
-                tracing::warn!(path, error = %e, "cannot register the changed policy yet; retrying at the next look");
-                return Outcome::Retry;
-            }
-        };
-        let version = policy.version;
-        tracing::info!(
-            path,
-            from = current.version,
-            to = version,
-            changed_by = policy.changed_by(),
-            review = policy.thresholds.config.review,
-            decline = policy.thresholds.config.decline,
-            rules = policy.rules.rules().len(),
-            "policy changed; in force from the next batch"
-        );
-        self.metrics.policy_version.set(version.into());
-        self.policy.send_replace(Arc::new(policy));
-        Outcome::Applied(version)
+        if policy_changed {
+            policy.version = match sink::register_thresholds(&self.pool, &policy).await {
+                Ok(v) => v,
+                Err(e) => {
+                    tracing::warn!(path, error = %e, "cannot register the changed policy yet; retrying at the next look");
+                    return Outcome::Retry;
+                }
+            };
+        }
+        // Models first: a batch scored by the new model and decided under
+        // the old policy (or the reverse) records both, as they were.
+        if let Some(models) = models {
+            tracing::info!(path, from = %current_models.describe(), to = %models.describe(), "models changed; in force from the next batch");
+            self.models.send_replace(Arc::new(models));
+        }
+        if policy_changed {
+            tracing::info!(
+                path,
+                from = current.version,
+                to = policy.version,
+                changed_by = policy.changed_by(),
+                review = policy.thresholds.config.review,
+                decline = policy.thresholds.config.decline,
+                rules = policy.rules.rules().len(),
+                "policy changed; in force from the next batch"
+            );
+            self.metrics.policy_version.set(policy.version.into());
+            self.policy.send_replace(Arc::new(policy));
+        }
+        Outcome::Applied
     }
 
     fn rejected(&self, problems: &[Problem]) -> Outcome {
@@ -193,7 +230,7 @@ fn rule_problems(path: &std::path::Path, feature_names: &[String]) -> Vec<Proble
     }
 }
 
-/// Sections other than `[thresholds]` and `[rules]` that differ.
+/// Sections other than the live ones that differ.
 fn restart_sections(running: &Config, new: &Config) -> Vec<&'static str> {
     let mut changed = Vec::new();
     let mut check = |name, same: bool| {
@@ -206,7 +243,6 @@ fn restart_sections(running: &Config, new: &Config) -> Vec<&'static str> {
     check("pipeline", running.pipeline == new.pipeline);
     check("features", running.features == new.features);
     check("event_time", running.event_time == new.event_time);
-    check("model", running.model == new.model);
     check("server", running.server == new.server);
     check(
         "language_model",

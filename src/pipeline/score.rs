@@ -34,7 +34,9 @@ pub(super) async fn surprise_stage(
     .await
 }
 
-/// Score each batch through the ONNX Runtime session pool.
+/// Score each batch through the champion's ONNX Runtime session pool, and
+/// the shadow's when one is configured. The models are read once per batch,
+/// so a promotion takes effect at a batch boundary.
 pub(super) async fn score_stage(
     shared: Arc<Shared>,
     input: mpsc::Receiver<Item>,
@@ -46,11 +48,24 @@ pub(super) async fn score_stage(
             let Some(features) = work.features.clone() else {
                 return Ok(work);
             };
+            let models = shared.models.borrow().clone();
             let t = Instant::now();
-            work.scored = shared.scorer.score(features).await?;
+            work.scored = models.champion.score(features.clone()).await?;
             let m = &shared.metrics;
             m.model_seconds.observe(t.elapsed().as_secs_f64());
             m.stage_took("score", t);
+            if let Some(shadow) = &models.shadow {
+                let t = Instant::now();
+                match shadow.score(features).await {
+                    Ok(scored) => work.shadow_scored = scored,
+                    Err(e) => {
+                        m.shadow_failures.inc();
+                        tracing::warn!(model = %shadow.manifest.name, error = %e, rows = work.txs.len(), "the shadow model failed on a batch; the champion's decisions go on without its rows");
+                    }
+                }
+                m.stage_took("shadow", t);
+            }
+            work.models = Some(models);
             Ok(work)
         }
     })

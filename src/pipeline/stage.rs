@@ -4,6 +4,7 @@
 //! builds on this; `mod.rs` wires them together.
 
 use super::batch;
+pub(super) use super::models::Models;
 use crate::config::Config;
 use crate::decision::Policy;
 use crate::features::FeatureBatch;
@@ -11,7 +12,7 @@ use crate::health::Health;
 use crate::ingest;
 use crate::metrics::Metrics;
 use crate::models::lm::MerchantLm;
-use crate::scoring::{Scored, Scorer};
+use crate::scoring::Scored;
 use crate::sink::{DeadLetter, LabelRow, OffsetUpdate, Provenance, SinkBatch, SinkError};
 use sqlx::PgPool;
 use std::sync::{mpsc as std_mpsc, Arc};
@@ -51,7 +52,9 @@ pub(super) struct Shared {
     pub(super) pool: PgPool,
     pub(super) metrics: Arc<Metrics>,
     pub(super) health: Arc<Health>,
-    pub(super) scorer: Scorer,
+    /// The fraud models in force: replaced when `[model]` or `[shadow]`
+    /// changes in the config file, read once per batch by the score stage.
+    pub(super) models: tokio::sync::watch::Receiver<Arc<Models>>,
     /// The merchant language model, when `[language_model]` is configured.
     pub(super) lm: Option<Arc<MerchantLm>>,
     /// The thresholds and rules in force: replaced when the config file
@@ -72,6 +75,11 @@ pub(super) struct Work {
     /// Per transaction, in row order (with a language model only).
     pub(super) mcc_surprise: Option<Vec<f32>>,
     pub(super) scored: Vec<Scored>,
+    /// The models that scored this batch (set by the score stage).
+    pub(super) models: Option<Arc<Models>>,
+    /// The shadow model's scores, in row order; empty without a shadow (or
+    /// when it failed on this batch: it never holds the stream up).
+    pub(super) shadow_scored: Vec<Scored>,
     /// The rows to write, once the decide stage has run.
     pub(super) decided: Option<SinkBatch>,
 }

@@ -173,6 +173,9 @@ impl Scorer {
             check_session(&session, &manifest).map_err(broken)?;
             sessions.push(session);
         }
+        if contract == Contract::Engine && dir.join("golden.json").exists() {
+            check_golden(&mut sessions[0], dir, &io, max_batch.max(1)).map_err(broken)?;
+        }
         Ok(Scorer {
             manifest,
             dir: dir.to_owned(),
@@ -256,6 +259,87 @@ impl Scorer {
             message,
         })
     }
+}
+
+/// Largest difference from `golden.json` a model may show on this machine:
+/// the outputs were written by ONNX Runtime from Python, and a different
+/// build or CPU may round the last bits differently.
+const GOLDEN_TOLERANCE: f32 = 1e-4;
+
+/// The model reproduces its `golden.json` (the inputs and outputs recorded
+/// when it was exported): the bytes are the model, and this runtime runs it
+/// as its exporter did.
+fn check_golden(
+    session: &mut Session,
+    dir: &Path,
+    io: &Io,
+    max_batch: usize,
+) -> Result<(), String> {
+    #[derive(serde::Deserialize)]
+    struct Golden {
+        inputs: GoldenInputs,
+        outputs: GoldenOutputs,
+    }
+    #[derive(serde::Deserialize)]
+    struct GoldenInputs {
+        features: Vec<Vec<f32>>,
+        history: Vec<Vec<Vec<f32>>>,
+        history_mask: Vec<Vec<f32>>,
+    }
+    #[derive(serde::Deserialize)]
+    struct GoldenOutputs {
+        score: Vec<f32>,
+        history_attention: Vec<Vec<f32>>,
+        feature_attention: Vec<Vec<f32>>,
+    }
+    let text = std::fs::read_to_string(dir.join("golden.json"))
+        .map_err(|e| format!("golden.json: {e}"))?;
+    let g: Golden = serde_json::from_str(&text).map_err(|e| format!("golden.json: {e}"))?;
+    let rows = g.inputs.features.len();
+    let batch = FeatureBatch {
+        rows,
+        features: g.inputs.features.concat(),
+        history: g.inputs.history.concat().concat(),
+        history_mask: g.inputs.history_mask.concat(),
+        history_tx_ids: vec![Vec::new(); rows],
+        mcc_context: vec![vec![None]; rows],
+    };
+    let scored = run_chunks(session, &batch, 0..rows, max_batch, io)?;
+    if g.outputs.score.len() != rows {
+        return Err(format!(
+            "golden.json has {rows} input rows but {} scores",
+            g.outputs.score.len()
+        ));
+    }
+    let worst = |got: &[f32], want: &[f32]| {
+        if got.len() != want.len() {
+            return f32::INFINITY;
+        }
+        got.iter()
+            .zip(want)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0, f32::max)
+    };
+    for (i, s) in scored.iter().enumerate() {
+        for (what, diff) in [
+            ("score", (s.score - g.outputs.score[i]).abs()),
+            (
+                "history_attention",
+                worst(&s.history_attention, &g.outputs.history_attention[i]),
+            ),
+            (
+                "feature_attention",
+                worst(&s.feature_attention, &g.outputs.feature_attention[i]),
+            ),
+        ] {
+            if diff.is_nan() || diff > GOLDEN_TOLERANCE {
+                return Err(format!(
+                    "golden.json row {i}: {what} differs by {diff} (tolerance {GOLDEN_TOLERANCE}): the model does not reproduce its recorded outputs"
+                ));
+            }
+        }
+    }
+    Ok(())
 }
 
 fn names(specs: &[manifest::TensorSpec]) -> Vec<String> {

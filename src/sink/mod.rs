@@ -280,6 +280,19 @@ pub struct DecisionRow {
     pub offset: i64,
     /// When Kafka received the record: the start of the end-to-end latency.
     pub kafka_ts: Option<DateTime<Utc>>,
+    /// The shadow model's would-be decision, when one is configured and
+    /// scored this row.
+    pub shadow: Option<ShadowRow>,
+}
+
+/// What the shadow model would have decided on a row (`shadow_decisions`).
+#[derive(Debug, Clone)]
+pub struct ShadowRow {
+    pub score: f32,
+    pub decision: crate::decision::Decision,
+    pub rules_fired: Vec<std::sync::Arc<str>>,
+    pub feature_weights: Vec<f32>,
+    pub history_weights: Vec<f32>,
 }
 
 #[derive(Debug, Clone)]
@@ -342,6 +355,10 @@ pub struct OffsetUpdate {
 /// Everything one batch writes.
 #[derive(Debug, Clone, Default)]
 pub struct SinkBatch {
+    /// The model that scored `decisions`.
+    pub model: ModelId,
+    /// The shadow model that scored beside it, when rows carry a `shadow`.
+    pub shadow_model: Option<ModelId>,
     pub decisions: Vec<DecisionRow>,
     pub dead_letters: Vec<DeadLetter>,
     pub labels: Vec<LabelRow>,
@@ -364,14 +381,28 @@ pub struct Written {
     pub copy_refused: bool,
 }
 
-/// The identity of the model and thresholds that decided a batch.
+/// Where a pipeline's rows come from.
 #[derive(Debug, Clone)]
 pub struct Provenance {
-    pub model_name: String,
-    pub model_version: String,
-    pub model_sha256: String,
-    pub feature_names: Vec<String>,
     pub source_topic: String,
+}
+
+/// A model as `model_versions` names it.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ModelId {
+    pub name: String,
+    pub version: String,
+    pub sha256: String,
+}
+
+impl From<&Manifest> for ModelId {
+    fn from(m: &Manifest) -> Self {
+        ModelId {
+            name: m.name.clone(),
+            version: m.version.clone(),
+            sha256: m.sha256.clone(),
+        }
+    }
 }
 
 /// How [`write_batch`] writes rows.
@@ -430,7 +461,7 @@ pub async fn write_batch(
             // another instance (or a value Postgres refuses) sends the
             // batch down the INSERT path, which sorts such rows out.
             let copied = isolated(&mut tx, async |tx: &mut sqlx::PgConnection| {
-                copy_decided(tx, p, &decisions).await
+                copy_decided(tx, p, b, &decisions).await
             })
             .await?;
             match copied {
@@ -438,7 +469,7 @@ pub async fn write_batch(
                 Err(e) => {
                     tracing::info!(error = %e, rows = decisions.len(), "postgres refused the batch's COPY; inserting it");
                     written.copy_refused = true;
-                    insert_decided(&mut tx, p, &decisions, &mut dead, &mut written).await?
+                    insert_decided(&mut tx, p, b, &decisions, &mut dead, &mut written).await?
                 }
             }
             insert_labels(&mut tx, &b.labels).await?;
@@ -449,7 +480,7 @@ pub async fn write_batch(
                 let attempt = isolated(&mut tx, async |tx: &mut sqlx::PgConnection| {
                     let mut w = Written::default();
                     let mut extra = Vec::new();
-                    insert_decided(tx, p, &[d], &mut extra, &mut w).await?;
+                    insert_decided(tx, p, b, &[d], &mut extra, &mut w).await?;
                     Ok((w, extra))
                 })
                 .await?;
@@ -566,6 +597,7 @@ fn refused(
 async fn insert_decided(
     tx: &mut sqlx::PgConnection,
     p: &Provenance,
+    b: &SinkBatch,
     decisions: &[&DecisionRow],
     dead: &mut Vec<DeadLetter>,
     written: &mut Written,
@@ -573,7 +605,7 @@ async fn insert_decided(
     if decisions.is_empty() {
         return Ok(());
     }
-    let inserted = insert_decisions(&mut *tx, p, decisions).await?;
+    let inserted = insert_decisions(&mut *tx, p, &b.model, decisions).await?;
     let inserted: std::collections::HashSet<String> = inserted.into_iter().collect();
     let mut fresh = Vec::with_capacity(inserted.len());
     let mut seen = std::collections::HashSet::new();
@@ -592,6 +624,9 @@ async fn insert_decided(
         }
     }
     insert_explanations(&mut *tx, &fresh).await?;
+    if let Some(shadow) = &b.shadow_model {
+        insert_shadow(&mut *tx, shadow, &fresh).await?;
+    }
     written.decisions += fresh.len();
     Ok(())
 }
@@ -628,6 +663,7 @@ async fn insert_labels(tx: &mut sqlx::PgConnection, labels: &[LabelRow]) -> Resu
 async fn insert_decisions(
     tx: &mut sqlx::PgConnection,
     p: &Provenance,
+    model: &ModelId,
     rows: &[&DecisionRow],
 ) -> Result<Vec<String>, SinkError> {
     let out = sqlx::query(
@@ -658,9 +694,9 @@ async fn insert_decisions(
     .bind(rows.iter().map(|d| d.decision.as_str()).collect::<Vec<_>>())
     .bind(rows.iter().map(|d| real_array(&d.features)).collect::<Vec<_>>())
     .bind(rows.iter().map(|d| d.state_complete).collect::<Vec<_>>())
-    .bind(&p.model_name)
-    .bind(&p.model_version)
-    .bind(&p.model_sha256)
+    .bind(&model.name)
+    .bind(&model.version)
+    .bind(&model.sha256)
     .bind(rows.iter().map(|d| d.threshold_version).collect::<Vec<_>>())
     .bind(&p.source_topic)
     .bind(rows.iter().map(|d| d.partition).collect::<Vec<_>>())
@@ -680,11 +716,13 @@ async fn insert_decisions(
 async fn copy_decided(
     tx: &mut sqlx::PgConnection,
     p: &Provenance,
+    b: &SinkBatch,
     rows: &[&DecisionRow],
 ) -> Result<(), SinkError> {
     if rows.is_empty() {
         return Ok(());
     }
+    let m = &b.model;
     let mut decisions = BinaryCopy::new(rows.len() * 320);
     for d in rows {
         let t = &d.tx;
@@ -701,9 +739,9 @@ async fn copy_decided(
             .opt_text(t.country.as_deref())
             .float4(d.score)
             .text(d.decision.as_str())
-            .text(&p.model_name)
-            .text(&p.model_version)
-            .text(&p.model_sha256)
+            .text(&m.name)
+            .text(&m.version)
+            .text(&m.sha256)
             .int4(d.threshold_version)
             .float4_array(&d.features)
             .bool(d.state_complete)
@@ -739,7 +777,76 @@ async fn copy_decided(
          FROM STDIN (FORMAT binary)",
         explanations.finish(),
     )
+    .await?;
+    let Some(shadow) = &b.shadow_model else {
+        return Ok(());
+    };
+    let mut shadows = BinaryCopy::new(rows.len() * 400);
+    let mut any = false;
+    for d in rows {
+        let Some(s) = &d.shadow else { continue };
+        any = true;
+        shadows
+            .row(10)
+            .text(&d.tx.tx_id)
+            .text(&shadow.name)
+            .text(&shadow.version)
+            .text(&shadow.sha256)
+            .float4(s.score)
+            .text(s.decision.as_str())
+            .int4(d.threshold_version)
+            .text_array(&s.rules_fired)
+            .float4_array(&s.feature_weights)
+            .float4_array(&s.history_weights);
+    }
+    if !any {
+        return Ok(());
+    }
+    copy_in(
+        tx,
+        "COPY shadow_decisions (tx_id, model_name, model_version, model_sha256, score, decision,
+              threshold_version, rules_fired, feature_weights, history_weights)
+         FROM STDIN (FORMAT binary)",
+        shadows.finish(),
+    )
     .await
+}
+
+/// The shadow model's rows for decisions just inserted (a row another
+/// instance already wrote is left as it is).
+async fn insert_shadow(
+    tx: &mut sqlx::PgConnection,
+    shadow: &ModelId,
+    rows: &[&DecisionRow],
+) -> Result<(), SinkError> {
+    let rows: Vec<(&DecisionRow, &ShadowRow)> = rows
+        .iter()
+        .filter_map(|d| d.shadow.as_ref().map(|s| (*d, s)))
+        .collect();
+    if rows.is_empty() {
+        return Ok(());
+    }
+    sqlx::query(
+        "INSERT INTO shadow_decisions (tx_id, model_name, model_version, model_sha256, score, decision,
+                threshold_version, rules_fired, feature_weights, history_weights)
+         SELECT u.tx_id, $1, $2, $3, u.score, u.decision, u.version, u.rules::text[], u.fw::real[], u.hw::real[]
+           FROM unnest($4::text[], $5::real[], $6::text[], $7::int[], $8::text[], $9::text[], $10::text[])
+             AS u(tx_id, score, decision, version, rules, fw, hw)
+         ON CONFLICT DO NOTHING",
+    )
+    .bind(&shadow.name)
+    .bind(&shadow.version)
+    .bind(&shadow.sha256)
+    .bind(rows.iter().map(|(d, _)| d.tx.tx_id.as_str()).collect::<Vec<_>>())
+    .bind(rows.iter().map(|(_, s)| s.score).collect::<Vec<_>>())
+    .bind(rows.iter().map(|(_, s)| s.decision.as_str()).collect::<Vec<_>>())
+    .bind(rows.iter().map(|(d, _)| d.threshold_version).collect::<Vec<_>>())
+    .bind(rows.iter().map(|(_, s)| text_array(&s.rules_fired)).collect::<Vec<_>>())
+    .bind(rows.iter().map(|(_, s)| real_array(&s.feature_weights)).collect::<Vec<_>>())
+    .bind(rows.iter().map(|(_, s)| real_array(&s.history_weights)).collect::<Vec<_>>())
+    .execute(&mut *tx)
+    .await?;
+    Ok(())
 }
 
 async fn copy_in(
