@@ -451,6 +451,11 @@ pub struct BacktestArgs {
     /// Write the sweep as an SVG picture here (implies --sweep).
     #[arg(long)]
     pub plot: Option<PathBuf>,
+    /// A candidate fraud model directory: the range is replayed through the
+    /// featurizer and scored by the champion ([model]) and this model, side
+    /// by side (AUC, AP, card precision@100, alerts, decisions that flip).
+    #[arg(long)]
+    pub model: Option<PathBuf>,
     /// The report as JSON on stdout instead of a table.
     #[arg(long)]
     pub json: bool,
@@ -497,8 +502,40 @@ pub async fn backtest(config: &Config, args: &BacktestArgs) -> Result<ExitCode> 
     )
     .await?;
     let sweep = args.sweep || args.plot.is_some();
-    let report =
-        tokio::task::spawn_blocking(move || crate::backtest::run(&loaded, &policy, sweep)).await?;
+    let replay = match &args.model {
+        None => None,
+        Some(dir) => {
+            let (start, end) = crate::backtest::bounds(args.from, args.to);
+            let lookback = crate::backtest::model::lookback_days(config.features.label_delay_days);
+            let rows = crate::backtest::model::load(
+                &pool,
+                start.map(|s| s - chrono::Duration::days(lookback)),
+                end,
+            )
+            .await?;
+            Some((rows, start, dir.clone()))
+        }
+    };
+    let (champion_dir, delay) = (config.model.dir.clone(), config.features.label_delay_days);
+    let report = tokio::task::spawn_blocking(move || -> Result<crate::backtest::Report> {
+        let mut report = crate::backtest::run(&loaded, &policy, sweep);
+        if let Some((rows, start, dir)) = replay {
+            let open = |d: &Path| {
+                Scorer::open(d, 1, 2, 512).with_context(|| format!("model {}", d.display()))
+            };
+            let (champion, challenger) = (open(&champion_dir)?, open(&dir)?);
+            report.model = Some(crate::backtest::model::compare(
+                &rows,
+                start,
+                delay,
+                &champion,
+                &challenger,
+                &policy,
+            )?);
+        }
+        Ok(report)
+    })
+    .await??;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {

@@ -14,6 +14,7 @@
 //! - fraud amount caught: the amount of alerted frauds;
 //! - good amount declined: the amount of declined legitimate transactions.
 
+pub mod model;
 pub mod plot;
 
 use crate::decision::{Decision, Facts, Outcome, Policy, ThresholdSet};
@@ -54,13 +55,7 @@ pub async fn load(
     inputs: usize,
     progress: bool,
 ) -> Result<Loaded> {
-    let start = from.map(|d| d.and_hms_opt(0, 0, 0).expect("midnight").and_utc());
-    let end = to.map(|d| {
-        (d + chrono::Days::new(1))
-            .and_hms_opt(0, 0, 0)
-            .expect("midnight")
-            .and_utc()
-    });
+    let (start, end) = bounds(from, to);
     let range =
         "($1::timestamptz IS NULL OR d.ts >= $1) AND ($2::timestamptz IS NULL OR d.ts < $2)";
     let total: i64 = sqlx::query_scalar(&format!(
@@ -140,6 +135,18 @@ pub async fn load(
         from,
         to,
     })
+}
+
+/// The instants `from ..= to` (days, UTC) spans: `[start, end)`.
+pub fn bounds(
+    from: Option<NaiveDate>,
+    to: Option<NaiveDate>,
+) -> (Option<DateTime<Utc>>, Option<DateTime<Utc>>) {
+    let midnight = |d: NaiveDate| d.and_hms_opt(0, 0, 0).expect("midnight").and_utc();
+    (
+        from.map(midnight),
+        to.map(|d| midnight(d + chrono::Days::new(1))),
+    )
 }
 
 /// What a set of decisions on the rows amounts to.
@@ -252,6 +259,8 @@ pub struct Report {
     pub changes: BTreeMap<String, u64>,
     pub rules: Vec<RuleFigures>,
     pub sweep: Vec<SweepPoint>,
+    /// With `--model`: the champion and the candidate model on the same rows.
+    pub model: Option<model::ModelComparison>,
 }
 
 /// The candidate against the stored decisions; with `sweep`, also the
@@ -351,6 +360,7 @@ pub fn run(loaded: &Loaded, candidate: &Policy, sweep: bool) -> Report {
         changes,
         rules,
         sweep,
+        model: None,
     }
 }
 
@@ -483,6 +493,9 @@ impl Report {
                     r.failures
                 );
             }
+        }
+        if let Some(m) = &self.model {
+            s.push_str(&m.table());
         }
         if !self.sweep.is_empty() {
             let _ = writeln!(
