@@ -70,7 +70,8 @@ echo
 RISKSTREAM_POSTGRES__URL="$ANALYST_URL" "$BIN" report
 echo
 echo "What if the review threshold were 0.1, with a rule for large online payments"
-echo "on busy cards? (riskstream backtest: the stored decisions, re-decided)"
+echo "on busy cards, and with the int8 challenger model? (riskstream backtest:"
+echo "the stored decisions re-decided, and the stream replayed through both models)"
 CANDIDATE=.stack/demo-candidate.toml
 sed 's/^review = .*/review = 0.1/' config/riskstream.toml > "$CANDIDATE"
 cat >> "$CANDIDATE" <<'TOML'
@@ -81,7 +82,8 @@ when = "channel == 'ecom' && amount > 300.0 && card_count_1d >= 4.0"
 action = "review"
 reason = "large online payment on a card used 4+ times today"
 TOML
-RISKSTREAM_BACKTEST_URL="$ANALYST_URL" "$BIN" backtest --candidate "$CANDIDATE" --plot .stack/demo-sweep.svg
+RISKSTREAM_BACKTEST_URL="$ANALYST_URL" "$BIN" backtest --candidate "$CANDIDATE" --plot .stack/demo-sweep.svg \
+  --model models/fraud-attention-int8
 echo
 echo "The shadow model against the champion, on the same transactions (view shadow_comparison):"
 "${PSQL[@]}" -d "$DB" -P footer=off -c "
