@@ -15,14 +15,17 @@
 #      offers BENCH_LATENCY_RATE tx/s; latency = Postgres commit time of the
 #      decision - Kafka append time of the record. Not python-naive: it
 #      cannot keep up with the offered rate, so its latency is its backlog.
-#   3. Serving (system "serve"): `riskstream serve` on every model with a
+#   3. Policy (system "policy", bench/policy.sh): the engine with three rules and
+#      with a shadow model beside the stock engine, on one pre-loaded stream of
+#      BENCH_POLICY_TRANSACTIONS (300000).
+#   4. Serving (system "serve"): `riskstream serve` on every model with a
 #      golden.json, batch-1 requests at 1 and 8 clients, beside the same model
 #      in Python's onnxruntime in-process. Needs no Kafka or Postgres:
 #      BENCH_SYSTEMS=serve runs only this.
 #
 # Knobs (environment): BENCH_TRANSACTIONS (1000000), BENCH_LATENCY_TRANSACTIONS
 # (150000), BENCH_LATENCY_RATE (5000), BENCH_MODEL_DIR (models/fraud-attention),
-# BENCH_SYSTEMS ("engine python serve"; also "python-naive", not by default),
+# BENCH_SYSTEMS ("engine python policy serve"; also "python-naive", not by default),
 # BENCH_NAIVE_TRANSACTIONS (50000), BENCH_BIN (use this riskstream binary
 # instead of building the release one), BENCH_SERVE_ARGS (extra arguments to
 # bench/serve_bench.py, e.g. "--duration 20 -- --sessions 1").
@@ -34,14 +37,14 @@ N="${BENCH_TRANSACTIONS:-1000000}"
 LAT_N="${BENCH_LATENCY_TRANSACTIONS:-150000}"
 LAT_RATE="${BENCH_LATENCY_RATE:-5000}"
 MODEL_DIR="$(realpath "${BENCH_MODEL_DIR:-models/fraud-attention}")"
-SYSTEMS="${BENCH_SYSTEMS:-engine python serve}"
+SYSTEMS="${BENCH_SYSTEMS:-engine python policy serve}"
 # How many of the pre-loaded transactions "python-naive" consumes for throughput.
 NAIVE_N="${BENCH_NAIVE_TRANSACTIONS:-50000}"
 [[ $NAIVE_N =~ ^[1-9][0-9]*$ ]] || { printf 'bench: error: BENCH_NAIVE_TRANSACTIONS must be a positive integer\n' >&2; exit 1; }
 # The systems that run on the Kafka/Postgres stack, in the order given.
-STACK_SYSTEMS=$(for s in $SYSTEMS; do [[ $s == serve ]] || printf '%s ' "$s"; done)
+STACK_SYSTEMS=$(for s in $SYSTEMS; do [[ $s == serve || $s == policy ]] || printf '%s ' "$s"; done)
 for s in $SYSTEMS; do
-  [[ $s == engine || $s == python || $s == python-naive || $s == serve ]] || { printf 'bench: error: unknown system %s\n' "$s" >&2; exit 1; }
+  [[ $s == engine || $s == python || $s == python-naive || $s == serve || $s == policy ]] || { printf 'bench: error: unknown system %s\n' "$s" >&2; exit 1; }
 done
 BIN="${BENCH_BIN:-$CARGO_TARGET_DIR/release/riskstream}"
 PY=.venv/bin/python
@@ -254,6 +257,11 @@ if [[ -n $STACK_SYSTEMS ]]; then
  "command": "BENCH_TRANSACTIONS=$N ${naive_knob}BENCH_LATENCY_TRANSACTIONS=$LAT_N BENCH_LATENCY_RATE=$LAT_RATE BENCH_SYSTEMS=\"${STACK_SYSTEMS% }\" make bench"}
 JSON
   done
+fi
+
+if [[ " $SYSTEMS " == *" policy "* ]]; then
+  say "policy: the engine plain, with rules, and with a shadow model (bench/policy.sh)"
+  BENCH_BIN="$BIN" bash bench/policy.sh "${BENCH_POLICY_TRANSACTIONS:-300000}" >&2
 fi
 
 if [[ " $SYSTEMS " == *" serve "* ]]; then

@@ -3,7 +3,7 @@
 //! `threshold_sets` version that every later decision carries; a broken edit
 //! is rejected with its problems named and changes nothing.
 
-use crate::common::{brokers, World};
+use crate::common::{brokers, Engine, World};
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::ClientConfig;
 use sqlx::Row;
@@ -39,6 +39,16 @@ fn produce(world: &World, prefix: &str, from: i64, n: i64) {
             .unwrap();
     }
     producer.flush(Duration::from_secs(30)).unwrap();
+}
+
+/// Write the config file, SIGHUP the engine, and wait for a new `line` in its log.
+async fn edit(world: &World, engine: &mut Engine, text: String, line: &str) {
+    let before = engine.log_count(line);
+    std::fs::write(&world.config_path, text).unwrap();
+    engine.hangup();
+    engine
+        .wait_for_log(line, before, Duration::from_secs(60))
+        .await;
 }
 
 const V1: &str = "review = 0.5\ndecline = 0.9";
@@ -86,16 +96,9 @@ async fn thresholds_and_rules_change_live_and_a_broken_edit_changes_nothing() {
         .unwrap();
 
     // A broken edit: a threshold out of range. Rejected, named, nothing changes.
-    let rejected = engine.log_count("config change rejected");
-    std::fs::write(
-        &world.config_path,
-        config(&world, "review = 1.5\ndecline = 0.9", RULES),
-    )
-    .unwrap();
-    engine.hangup();
-    engine
-        .wait_for_log("config change rejected", rejected, Duration::from_secs(30))
-        .await;
+    let rejected = "config change rejected";
+    let text = config(&world, "review = 1.5\ndecline = 0.9", RULES);
+    edit(&world, &mut engine, text, rejected).await;
     assert!(
         engine.log_count("thresholds.review") > 0,
         "{}",
@@ -103,19 +106,8 @@ async fn thresholds_and_rules_change_live_and_a_broken_edit_changes_nothing() {
     );
     // A broken rule (a misspelt name), with valid thresholds: also rejected.
     let broken_rule = RULES.replace("card_count_1d >= 1.0", "card_cont_1d >= 1.0");
-    std::fs::write(
-        &world.config_path,
-        config(&world, "review = 0.2\ndecline = 0.95", &broken_rule),
-    )
-    .unwrap();
-    engine.hangup();
-    engine
-        .wait_for_log(
-            "config change rejected",
-            rejected + 1,
-            Duration::from_secs(30),
-        )
-        .await;
+    let text = config(&world, "review = 0.2\ndecline = 0.95", &broken_rule);
+    edit(&world, &mut engine, text, rejected).await;
     assert!(
         engine.log_count("rules.rule[1].when: unknown name `card_cont_1d`") > 0,
         "{}",
@@ -124,20 +116,12 @@ async fn thresholds_and_rules_change_live_and_a_broken_edit_changes_nothing() {
     assert_eq!(world.count("SELECT count(*) FROM threshold_sets").await, 1);
 
     // A valid edit: lower review threshold, a block list and a rule.
-    let applied = engine.log_count("policy changed");
-    std::fs::write(
-        &world.config_path,
-        config(
-            &world,
-            "review = 0.2\ndecline = 0.95\nchanged_by = \"it-ops: lower review, add rules\"",
-            RULES,
-        ),
-    )
-    .unwrap();
-    engine.hangup();
-    engine
-        .wait_for_log("policy changed", applied, Duration::from_secs(30))
-        .await;
+    let text = config(
+        &world,
+        "review = 0.2\ndecline = 0.95\nchanged_by = \"it-ops: lower review, add rules\"",
+        RULES,
+    );
+    edit(&world, &mut engine, text, "policy changed").await;
     produce(&world, "b", 600, 600);
     world
         .wait_for_decisions(&mut engine, 1200, Duration::from_secs(120))
@@ -264,16 +248,8 @@ async fn a_shadow_model_is_stored_beside_and_promoted_live() {
     let first = golden["outputs"]["score"][0].as_f64().unwrap();
     golden["outputs"]["score"][0] = serde_json::json!(first + 0.01);
     std::fs::write(tampered.join("golden.json"), golden.to_string()).unwrap();
-    let rejected = engine.log_count("config change rejected");
-    std::fs::write(
-        &world.config_path,
-        config(&world, V1, "").replace(&champion, &tampered.display().to_string()),
-    )
-    .unwrap();
-    engine.hangup();
-    engine
-        .wait_for_log("config change rejected", rejected, Duration::from_secs(60))
-        .await;
+    let text = config(&world, V1, "").replace(&champion, &tampered.display().to_string());
+    edit(&world, &mut engine, text, "config change rejected").await;
     assert!(
         engine.log_count("golden.json row 0") > 0,
         "{}",
@@ -281,16 +257,8 @@ async fn a_shadow_model_is_stored_beside_and_promoted_live() {
     );
 
     // Promotion: [model] points at the shadow's directory, no shadow left.
-    let changed = engine.log_count("models changed");
-    std::fs::write(
-        &world.config_path,
-        config(&world, V1, "").replace(&champion, &int8_dir().display().to_string()),
-    )
-    .unwrap();
-    engine.hangup();
-    engine
-        .wait_for_log("models changed", changed, Duration::from_secs(60))
-        .await;
+    let text = config(&world, V1, "").replace(&champion, &int8_dir().display().to_string());
+    edit(&world, &mut engine, text, "models changed").await;
     produce(&world, "b", 600, 600);
     world
         .wait_for_decisions(&mut engine, 1200, Duration::from_secs(120))
