@@ -9,6 +9,7 @@
 #   make fuzz          AFL++ on the wire decoders for FUZZ_SECONDS (default 1800), then minimize fuzz/corpus
 #   make chaos         CHAOS_TX (1M) tx + 1% hostile records through 20 kill -9s, outages, scale 1->3->1 (~25 min; stops the stack)
 #   make lint          rustfmt --check and clippy -D warnings
+#   make deploy-check  the Prometheus alert rules in deploy/ parse and pass their tests (promtool)
 #   make setup         install system packages, Kafka jars, .venv with onnxruntime (idempotent)
 #   make stack-up      start local Kafka (127.0.0.1:39092) + PostgreSQL (127.0.0.1:55432)
 #   make stack-status  show both; fails if either is down
@@ -23,7 +24,7 @@ SHELL := bash
 # CARGO_TARGET_DIR and the stack's addresses from scripts/env.sh.
 ENV := source scripts/env.sh &&
 
-.PHONY: help setup stack-up stack-down stack-status stack-reset build demo test unit-test integration-test model-check lint bench train study evaluate fuzz chaos
+.PHONY: help setup stack-up stack-down stack-status stack-reset build demo test unit-test integration-test model-check deploy-check lint bench train study evaluate fuzz chaos
 
 help:
 	@sed -n 's/^#   make /make /p' $(firstword $(MAKEFILE_LIST))
@@ -52,7 +53,7 @@ demo: build stack-up
 test: build stack-up
 	$(ENV) cargo fmt --all -- --check
 	$(ENV) cargo clippy --all-targets -- -D warnings
-	$(ENV) $(MAKE) --no-print-directory model-check unit-test integration-test
+	$(ENV) $(MAKE) --no-print-directory model-check deploy-check unit-test integration-test
 
 unit-test:
 	cargo test --lib --bins
@@ -65,6 +66,9 @@ model-check:
 	.venv/bin/python training/export_check.py models/fraud-attention
 	.venv/bin/python training/export_check.py models/fraud-attention-int8
 	.venv/bin/python training/zoo/check.py
+
+deploy-check:
+	bash scripts/deploy-check.sh
 
 lint: setup
 	$(ENV) cargo fmt --all -- --check

@@ -6,6 +6,7 @@
 //! `kill -9`s. Run with `--test-threads=1`: the tests are heavy and share
 //! two cores.
 
+mod analyst_sql;
 mod attention_parity;
 mod backtest;
 mod chaos;

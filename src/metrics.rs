@@ -47,6 +47,9 @@ pub struct Metrics {
     /// Surprise of each committed transaction's MCC under the merchant
     /// language model, in nats (only when `[language_model]` is configured).
     pub mcc_surprise: Histogram,
+    /// Scores of committed decisions: their distribution over time shows
+    /// drift (the share above a threshold moving against last week's).
+    pub scores: Histogram,
     /// `threshold_sets.version` of the policy (thresholds and rules) deciding now.
     pub policy_version: IntGauge,
     /// Looks at a changed config file, by outcome: `applied` (a new policy
@@ -171,6 +174,16 @@ impl Metrics {
                 .buckets(vec![0.5, 1.0, 1.5, 2.0, 2.5, 3.0, 4.0, 5.0, 7.5, 10.0]),
             )
             .unwrap(),
+            scores: Histogram::with_opts(
+                HistogramOpts::new(
+                    "riskstream_score",
+                    "Fraud scores of committed decisions",
+                )
+                .buckets(vec![
+                    0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 0.7, 0.9, 0.95, 0.99,
+                ]),
+            )
+            .unwrap(),
             policy_version: IntGauge::new(
                 "riskstream_policy_version",
                 "threshold_sets.version of the thresholds and rules deciding now",
@@ -210,6 +223,7 @@ impl Metrics {
             registry,
         };
         m.registry.register(Box::new(m.consumed.clone())).unwrap();
+        m.registry.register(Box::new(m.scores.clone())).unwrap();
         for c in [&m.shadow_failures, &m.shadow_disagreements] {
             m.registry.register(Box::new(c.clone())).unwrap();
         }
@@ -394,5 +408,57 @@ impl ServeMetrics {
 impl Default for ServeMetrics {
     fn default() -> Self {
         Self::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    /// Every `riskstream_*` name in `text`.
+    fn metric_names(text: &str) -> BTreeSet<String> {
+        let mut names = BTreeSet::new();
+        let mut rest = text;
+        while let Some(at) = rest.find("riskstream_") {
+            let tail = &rest[at..];
+            let end = tail
+                .find(|c: char| !(c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_'))
+                .unwrap_or(tail.len());
+            names.insert(tail[..end].to_owned());
+            rest = &tail[end..];
+        }
+        names
+    }
+
+    /// The dashboards and alert rules in `deploy/` name only metrics defined
+    /// here (histograms with their `_bucket`, `_sum` and `_count` series), so
+    /// a renamed metric cannot leave a panel or an alert silently empty.
+    #[test]
+    fn deploy_files_name_only_metrics_the_engine_exports() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+        let defined = metric_names(include_str!("metrics.rs"));
+        let dashboard =
+            std::fs::read_to_string(root.join("deploy/grafana/riskstream.json")).unwrap();
+        let parsed: serde_json::Value =
+            serde_json::from_str(&dashboard).expect("the dashboard is JSON");
+        assert!(parsed["panels"].as_array().is_some_and(|p| !p.is_empty()));
+        let alerts = std::fs::read_to_string(root.join("deploy/prometheus/alerts.yml")).unwrap();
+        let mut used = metric_names(&dashboard);
+        used.extend(metric_names(&alerts));
+        assert!(used.len() > 10, "{used:?}");
+        let unknown: Vec<&String> = used
+            .iter()
+            .filter(|name| {
+                let base = ["_bucket", "_sum", "_count"]
+                    .iter()
+                    .find_map(|s| name.strip_suffix(s))
+                    .unwrap_or(name);
+                !defined.contains(*name) && !defined.contains(base)
+            })
+            .collect();
+        assert!(
+            unknown.is_empty(),
+            "not defined in src/metrics.rs: {unknown:?}"
+        );
     }
 }

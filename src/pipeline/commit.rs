@@ -44,6 +44,7 @@ pub(super) async fn sink_stage(
         let m = &shared.metrics;
         for d in &batch.decisions {
             m.decided.with_label_values(&[d.decision.as_str()]).inc();
+            m.scores.observe(f64::from(d.score));
             if let Some(s) = d.mcc_surprise {
                 m.mcc_surprise.observe(f64::from(s));
             }
