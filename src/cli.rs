@@ -62,7 +62,7 @@ pub async fn serve_models(opts: serve::v2::Options) -> Result<ExitCode> {
 
 /// `riskstream models list`: load every model under `root` as `serve` would
 /// and show what it would serve.
-pub async fn list_models(root: &Path) -> Result<ExitCode> {
+pub async fn list_models(root: &Path, json: bool) -> Result<ExitCode> {
     let root = root.to_owned();
     let statuses = tokio::task::spawn_blocking(move || {
         let metrics = Arc::new(crate::metrics::ServeMetrics::new());
@@ -71,6 +71,10 @@ pub async fn list_models(root: &Path) -> Result<ExitCode> {
         registry.statuses()
     })
     .await?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&statuses)?);
+        return Ok(ExitCode::SUCCESS);
+    }
     for m in &statuses {
         let or_dash = |v: &Option<String>| v.clone().unwrap_or_else(|| "-".into());
         println!(
@@ -374,54 +378,121 @@ pub async fn simulate(
 }
 
 /// `riskstream report`: what an analyst would look at first.
-pub async fn report(config: &Config) -> Result<ExitCode> {
+#[derive(Debug, serde::Serialize)]
+pub struct Report {
+    pub decisions: Vec<OutcomeCount>,
+    pub dead_letters: i64,
+    pub labels: i64,
+    pub alerts: i64,
+    pub alerts_labelled_fraud: i64,
+    pub frauds: i64,
+    pub precision: Option<f64>,
+    pub recall: Option<f64>,
+    pub top_declines: Vec<ExplainedDecline>,
+}
+
+#[derive(Debug, serde::Serialize)]
+pub struct OutcomeCount {
+    pub decision: String,
+    pub count: i64,
+    pub avg_score: f64,
+}
+
+#[derive(Debug, serde::Serialize)]
+pub struct ExplainedDecline {
+    pub tx_id: String,
+    pub card_id: String,
+    pub amount: String,
+    pub channel: Option<String>,
+    pub score: f32,
+    pub top_features: Vec<String>,
+    pub top_history: Vec<String>,
+}
+
+/// `riskstream report`: the summary as a table, or as JSON with `json`.
+pub async fn report(config: &Config, json: bool) -> Result<ExitCode> {
     let pool = sink::connect(config.postgres.url.expose(), 2).await?;
-    println!("Decisions by outcome:");
-    for r in sqlx::query("SELECT decision, count(*), round(avg(score)::numeric, 4)::text FROM risk_decisions GROUP BY 1 ORDER BY 2 DESC")
-        .fetch_all(&pool)
-        .await?
-    {
-        println!("  {:<8} {:>8}  avg score {}", r.get::<String, _>(0), r.get::<i64, _>(1), r.get::<String, _>(2));
-    }
-    let dead: i64 = sqlx::query_scalar("SELECT count(*) FROM dead_letters")
-        .fetch_one(&pool)
-        .await?;
-    let labels: i64 = sqlx::query_scalar("SELECT count(*) FROM labels")
-        .fetch_one(&pool)
-        .await?;
-    println!("Dead letters: {dead}   Labels received: {labels}");
-    println!("\nAlert quality (days with labelled frauds):");
-    for r in sqlx::query(
-        "SELECT sum(alerts)::bigint, sum(true_alerts)::bigint, sum(frauds)::bigint FROM alert_quality",
+    let decisions = sqlx::query(
+        "SELECT decision, count(*), avg(score)::float8 FROM risk_decisions GROUP BY 1 ORDER BY 2 DESC",
     )
     .fetch_all(&pool)
     .await?
-    {
-        let (alerts, hits, frauds): (Option<i64>, Option<i64>, Option<i64>) = (r.get(0), r.get(1), r.get(2));
-        let (alerts, hits, frauds) = (alerts.unwrap_or(0), hits.unwrap_or(0), frauds.unwrap_or(0));
-        println!(
-            "  alerts {alerts}, of which labelled fraud {hits} (precision {:.3}); frauds caught {hits}/{frauds} (recall {:.3})",
-            hits as f64 / alerts.max(1) as f64,
-            hits as f64 / frauds.max(1) as f64
-        );
-    }
-    println!("\nHighest-scored declines with their top reasons:");
-    for r in sqlx::query(
-        "SELECT tx_id, card_id, amount::text, channel, score, array_to_string(top_features, ', '), coalesce(array_to_string(top_history, ', '), '')
+    .iter()
+    .map(|r| OutcomeCount {
+        decision: r.get(0),
+        count: r.get(1),
+        avg_score: r.get(2),
+    })
+    .collect();
+    let count = |sql: &'static str| {
+        let pool = pool.clone();
+        async move { sqlx::query_scalar::<_, i64>(sql).fetch_one(&pool).await }
+    };
+    let dead_letters = count("SELECT count(*) FROM dead_letters").await?;
+    let labels = count("SELECT count(*) FROM labels").await?;
+    let (alerts, hits, frauds): (Option<i64>, Option<i64>, Option<i64>) = sqlx::query_as(
+        "SELECT sum(alerts)::bigint, sum(true_alerts)::bigint, sum(frauds)::bigint FROM alert_quality",
+    )
+    .fetch_one(&pool)
+    .await?;
+    let (alerts, hits, frauds) = (alerts.unwrap_or(0), hits.unwrap_or(0), frauds.unwrap_or(0));
+    let top_declines = sqlx::query(
+        "SELECT tx_id, card_id, amount::text, channel, score, coalesce(top_features, '{}'), coalesce(top_history, '{}')
            FROM decision_reasons WHERE decision = 'decline' ORDER BY score DESC, tx_id LIMIT 5",
     )
     .fetch_all(&pool)
     .await?
-    {
+    .iter()
+    .map(|r| ExplainedDecline {
+        tx_id: r.get(0),
+        card_id: r.get(1),
+        amount: r.get(2),
+        channel: r.get(3),
+        score: r.get(4),
+        top_features: r.get(5),
+        top_history: r.get(6),
+    })
+    .collect();
+    let report = Report {
+        decisions,
+        dead_letters,
+        labels,
+        alerts,
+        alerts_labelled_fraud: hits,
+        frauds,
+        precision: (alerts > 0).then(|| hits as f64 / alerts as f64),
+        recall: (frauds > 0).then(|| hits as f64 / frauds as f64),
+        top_declines,
+    };
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!("Decisions by outcome:");
+    for o in &report.decisions {
+        println!(
+            "  {:<8} {:>8}  avg score {:.4}",
+            o.decision, o.count, o.avg_score
+        );
+    }
+    println!("Dead letters: {dead_letters}   Labels received: {labels}");
+    println!("\nAlert quality (days with labelled frauds):");
+    println!(
+        "  alerts {alerts}, of which labelled fraud {hits} (precision {:.3}); frauds caught {hits}/{frauds} (recall {:.3})",
+        report.precision.unwrap_or(0.0),
+        report.recall.unwrap_or(0.0)
+    );
+    println!("\nHighest-scored declines with their top reasons:");
+    for d in &report.top_declines {
         println!(
             "  {} card {} amount {} {} score {:.3}\n      features: {}\n      history:  {}",
-            r.get::<String, _>(0),
-            r.get::<String, _>(1),
-            r.get::<String, _>(2),
-            r.get::<Option<String>, _>(3).unwrap_or_default(),
-            r.get::<f32, _>(4),
-            r.get::<String, _>(5),
-            r.get::<String, _>(6)
+            d.tx_id,
+            d.card_id,
+            d.amount,
+            d.channel.as_deref().unwrap_or(""),
+            d.score,
+            d.top_features.join(", "),
+            d.top_history.join(", ")
         );
     }
     Ok(ExitCode::SUCCESS)

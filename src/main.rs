@@ -72,7 +72,14 @@ enum Command {
         command: ModelsCommand,
     },
     /// Summarize what landed in Postgres: decisions by outcome and a few explained declines.
-    Report,
+    Report {
+        /// The same figures as JSON on stdout.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print a shell completion script, e.g.
+    /// `riskstream completions bash > /etc/bash_completion.d/riskstream`.
+    Completions { shell: clap_complete::Shell },
     /// What a candidate policy (thresholds and rules) would have decided on
     /// the stored decisions of a date range, beside what was decided: alerts
     /// per day, review queue, precision, recall, amounts, each rule's firing.
@@ -134,6 +141,9 @@ enum ModelsCommand {
     List {
         #[arg(default_value = "models")]
         dir: PathBuf,
+        /// As JSON on stdout (the repository index's fields).
+        #[arg(long)]
+        json: bool,
     },
     /// Verify every model under DIR (a models root, or one model directory):
     /// sha256, IO against the graph, golden outputs. Exits non-zero naming each problem.
@@ -264,8 +274,8 @@ async fn dispatch(cli: Cli) -> Result<ExitCode> {
         }
         Command::Serve(opts) => riskstream::cli::serve_models(opts).await,
         Command::Models {
-            command: ModelsCommand::List { dir },
-        } => riskstream::cli::list_models(&dir).await,
+            command: ModelsCommand::List { dir, json },
+        } => riskstream::cli::list_models(&dir, json).await,
         Command::Models {
             command: ModelsCommand::Verify { dir },
         } => riskstream::cli::verify_models(&dir).await,
@@ -281,7 +291,19 @@ async fn dispatch(cli: Cli) -> Result<ExitCode> {
                     decoder,
                 },
         } => riskstream::cli::translate(&encoder, &decoder, &text, beam).await,
-        Command::Report => riskstream::cli::report(&Config::load(&cli.config)?).await,
+        Command::Report { json } => {
+            riskstream::cli::report(&Config::load(&cli.config)?, json).await
+        }
+        Command::Completions { shell } => {
+            use clap::CommandFactory;
+            clap_complete::generate(
+                shell,
+                &mut Cli::command(),
+                "riskstream",
+                &mut std::io::stdout(),
+            );
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Backtest(args) => {
             riskstream::cli::backtest(&Config::load(&cli.config)?, &args).await
         }
