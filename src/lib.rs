@@ -17,6 +17,7 @@ pub mod ingest;
 pub mod metrics;
 pub mod models;
 pub mod pipeline;
+pub mod progress;
 pub mod registry;
 pub mod scoring;
 pub mod serve;

@@ -66,15 +66,8 @@ pub async fn load(
     .fetch_one(pool)
     .await
     .context("count the decisions in the range")?;
-    let bar = if progress && total > 100_000 {
-        let bar = indicatif::ProgressBar::new(total as u64);
-        bar.set_style(
-            indicatif::ProgressStyle::with_template(
-                "reading decisions {bar:40} {pos}/{len} ({per_sec}, {eta} left)",
-            )
-            .expect("a valid template"),
-        );
-        bar
+    let bar = if progress {
+        crate::progress::bar(total.max(0) as u64, "decisions read")
     } else {
         indicatif::ProgressBar::hidden()
     };

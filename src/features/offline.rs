@@ -770,7 +770,9 @@ pub fn featurize_rows(
     let mut all = FeatureBatch::default();
     let batch_rows = batch_rows.max(1);
     let (hist_w, mask_w) = (history_len * HISTORY_FIELD_COUNT, history_len);
+    let bar = crate::progress::bar(rows.len() as u64, "rows featurized");
     for (c, chunk) in rows.chunks(batch_rows).enumerate() {
+        bar.inc(chunk.len() as u64);
         let txs: Vec<Transaction> = chunk.iter().map(|r| r.tx.clone()).collect();
         let b = featurize(&txs, &mut cards, &terminals, label_delay_days)?;
         for i in (0..b.rows).filter(|i| keep(c * batch_rows + i)) {
@@ -784,6 +786,7 @@ pub fn featurize_rows(
             all.mcc_context.push(b.mcc_context[i].clone());
         }
     }
+    bar.finish_and_clear();
     Ok(all)
 }
 

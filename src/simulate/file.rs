@@ -43,7 +43,9 @@ pub fn write_file(
 ) -> anyhow::Result<FileSummary> {
     // Checked first so that a bad path fails before the simulation runs.
     let format = Format::of(path)?;
-    let rows = fold_labels(events)?;
+    let bar = crate::progress::bar(0, "events simulated");
+    let rows = fold_labels(bar.wrap_iter(events))?;
+    bar.finish_and_clear();
     match format {
         Format::JsonLines => write_json_lines(path, &rows),
         Format::Parquet => write_parquet(path, &rows),

@@ -41,14 +41,7 @@ pub fn produce(
         .create()
         .context("create Kafka producer")?;
     let bar = if t.progress {
-        let bar = indicatif::ProgressBar::new(expected.unwrap_or(0));
-        bar.set_style(
-            indicatif::ProgressStyle::with_template(
-                "{spinner} {pos}/{len} tx [{elapsed_precise}] {per_sec} eta {eta}",
-            )
-            .expect("static template"),
-        );
-        bar
+        crate::progress::bar(expected.unwrap_or(0), "transactions")
     } else {
         indicatif::ProgressBar::hidden()
     };
