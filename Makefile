@@ -65,6 +65,7 @@ integration-test:
 model-check:
 	.venv/bin/python training/export_check.py models/fraud-attention
 	.venv/bin/python training/export_check.py models/fraud-attention-int8
+	.venv/bin/python training/fraudlib/check_metrics.py
 	.venv/bin/python training/zoo/check.py
 
 deploy-check:

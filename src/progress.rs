@@ -21,7 +21,9 @@ pub fn bar(len: u64, what: &str) -> ProgressBar {
     } else {
         (
             ProgressBar::new(len),
-            format!("{{bar:40}} {{pos}}/{{len}} {what} [{{elapsed_precise}}] {{per_sec}} eta {{eta}}"),
+            format!(
+                "{{bar:40}} {{pos}}/{{len}} {what} [{{elapsed_precise}}] {{per_sec}} eta {{eta}}"
+            ),
         )
     };
     bar.set_style(ProgressStyle::with_template(&template).expect("a valid template"));

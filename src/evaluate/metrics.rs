@@ -5,7 +5,7 @@
 //! training reports. Scores are ranked with `f32::total_cmp`; equal scores
 //! are one threshold (a tie), which is what both definitions need.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 /// Cumulative (true positives, false positives) at each distinct score,
 /// scores descending: the points of the ROC and precision-recall curves.
@@ -106,40 +106,54 @@ fn cards_by_day<'a>(rows: &[CardRow<'a>]) -> Vec<Vec<CardDay<'a>>> {
         .collect()
 }
 
-/// Card precision@k: for each day, the k cards with the highest max score
-/// that day (ties by card id, ascending), the share of k that had a fraud
-/// that day (divided by k even when fewer cards were seen), averaged over
-/// the days present in `rows`. `None` for no rows.
+/// Card precision@k as the Fraud Detection Handbook defines it
+/// (`card_precision_top_k`, its chapter on performance metrics): days in
+/// order; each day the cards already detected on an earlier day of `rows`
+/// are left out, the others rank by their highest score that day (ties by
+/// card id, ascending), the day's precision is the share of the top k that
+/// had a fraud that day (divided by k even when fewer cards remain), and
+/// those fraud cards count as detected from then on. The mean over the
+/// days present. `None` for no rows.
 pub fn card_precision_at_k(rows: &[CardRow], k: usize) -> Option<f64> {
+    precision_over_days(rows, k, |cards| {
+        cards.sort_unstable_by(|a, b| b.score.total_cmp(&a.score).then_with(|| a.card.cmp(b.card)))
+    })
+}
+
+/// The best card precision@k any ranking could reach on `rows`, under the
+/// same protocol: each day an oracle ranks the remaining fraud cards first.
+pub fn card_precision_upper_bound(rows: &[CardRow], k: usize) -> Option<f64> {
+    precision_over_days(rows, k, |cards| {
+        cards.sort_unstable_by(|a, b| b.fraud.cmp(&a.fraud).then_with(|| a.card.cmp(b.card)))
+    })
+}
+
+/// The day loop both share: `rank` orders a day's remaining cards.
+fn precision_over_days(
+    rows: &[CardRow],
+    k: usize,
+    rank: impl Fn(&mut Vec<CardDay>),
+) -> Option<f64> {
     let days = cards_by_day(rows);
     if days.is_empty() {
         return None;
     }
     let n_days = days.len() as f64;
-    let total: f64 = days
-        .into_iter()
-        .map(|mut cards| {
-            cards.sort_unstable_by(|a, b| {
-                b.score.total_cmp(&a.score).then_with(|| a.card.cmp(b.card))
-            });
-            cards.iter().take(k).filter(|c| c.fraud).count() as f64 / k as f64
-        })
-        .sum();
-    Some(total / n_days)
-}
-
-/// The best card precision@k any ranking could reach on `rows`: per day,
-/// min(k, cards with a fraud that day) / k, averaged over the days present.
-pub fn card_precision_upper_bound(rows: &[CardRow], k: usize) -> Option<f64> {
-    let days = cards_by_day(rows);
-    if days.is_empty() {
-        return None;
+    let mut detected: HashSet<&str> = HashSet::new();
+    let mut total = 0.0;
+    for mut cards in days {
+        cards.retain(|c| !detected.contains(c.card));
+        rank(&mut cards);
+        let hits: Vec<&str> = cards
+            .iter()
+            .take(k)
+            .filter(|c| c.fraud)
+            .map(|c| c.card)
+            .collect();
+        total += hits.len() as f64 / k as f64;
+        detected.extend(hits);
     }
-    let total: f64 = days
-        .iter()
-        .map(|cards| cards.iter().filter(|c| c.fraud).count().min(k) as f64 / k as f64)
-        .sum();
-    Some(total / days.len() as f64)
+    Some(total / n_days)
 }
 
 /// Mean and population standard deviation (ddof = 0) of the values present.
@@ -224,25 +238,39 @@ mod tests {
     }
 
     #[test]
-    fn card_precision_ranks_cards_by_max_score_then_id() {
-        let rows = [
-            // Day 1: card a (fraud on its low-scored row) scores 0.9 via its
-            // other row; b and c tie at 0.8 and b wins on id; d has fraud.
-            row(1, "a", false, 0.9),
-            row(1, "a", true, 0.1),
-            row(1, "c", true, 0.8),
-            row(1, "b", false, 0.8),
-            row(1, "d", true, 0.2),
-            // Day 2: a single fraudulent card.
-            row(2, "a", true, 0.5),
-        ];
-        // k = 2: day 1 top {a, b} -> 1 fraud card of 2; day 2 -> 1/2 (divide by k).
-        close(card_precision_at_k(&rows, 2), (0.5 + 0.5) / 2.0);
-        // k = 3: day 1 top {a, b, c} -> 2/3; day 2 -> 1/3.
-        close(card_precision_at_k(&rows, 3), (2.0 / 3.0 + 1.0 / 3.0) / 2.0);
-        // Upper bound k = 2: day 1 has 3 fraud cards -> 1; day 2 -> 1/2.
-        close(card_precision_upper_bound(&rows, 2), 0.75);
-        close(card_precision_upper_bound(&rows, 100), (0.03 + 0.01) / 2.0);
+    fn card_precision_follows_the_handbook_on_the_shared_fixture() {
+        let fixture: serde_json::Value = serde_json::from_str(include_str!(
+            "../../training/fraudlib/card_precision_fixture.json"
+        ))
+        .unwrap();
+        let raw: Vec<(i64, String, bool, f32)> = fixture["rows"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| {
+                (
+                    r[0].as_i64().unwrap(),
+                    r[1].as_str().unwrap().to_owned(),
+                    r[2].as_i64().unwrap() == 1,
+                    r[3].as_f64().unwrap() as f32,
+                )
+            })
+            .collect();
+        let rows: Vec<CardRow> = raw
+            .iter()
+            .map(|(day, card, fraud, score)| row(*day, card, *fraud, *score))
+            .collect();
+        for case in fixture["cases"].as_array().unwrap() {
+            let k = case["k"].as_u64().unwrap() as usize;
+            close(
+                card_precision_at_k(&rows, k),
+                case["card_precision"].as_f64().unwrap(),
+            );
+            close(
+                card_precision_upper_bound(&rows, k),
+                case["upper_bound"].as_f64().unwrap(),
+            );
+        }
         assert_eq!(card_precision_at_k(&[], 100), None);
     }
 

@@ -635,7 +635,8 @@ mod tests {
         );
         assert_eq!((r.rows, r.frauds, r.removed_known_compromised), (4, 2, 3));
         assert_eq!(r.auc_roc, Some(1.0));
-        assert_eq!(r.card_precision_at_100, Some(0.01));
+        // Day 100: card a detected (1/100); day 101: a is left out, c is not fraud.
+        assert_eq!(r.card_precision_at_100, Some(0.005));
         let s = &r.per_scenario["s"];
         assert_eq!(
             (s.n, s.recall_at_review, s.recall_at_decline),
