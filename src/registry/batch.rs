@@ -10,7 +10,7 @@
 //! the blocking pool. A merged run that fails is retried request by request,
 //! so one bad request never fails its neighbours.
 
-use super::model::{Engine, InferError};
+use super::engine::{Engine, InferError};
 use super::tensor::Tensor;
 use std::sync::Arc;
 use std::time::Duration;

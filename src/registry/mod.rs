@@ -10,6 +10,7 @@
 //! a removed directory unloads its model. Never loads on an async worker.
 
 pub mod batch;
+pub mod engine;
 pub mod model;
 pub mod tensor;
 

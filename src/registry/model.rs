@@ -7,15 +7,15 @@
 //! runs ONNX Runtime on an async worker.
 
 use super::batch::{self, BatchOptions, Job};
+use super::engine::{Engine, SessionPool};
+pub use super::engine::InferError;
 use super::tensor::Tensor;
 use crate::metrics::ServeMetrics;
 use crate::scoring::manifest::{DType, Manifest, TensorSpec};
-use ort::session::{builder::GraphOptimizationLevel, Session, SessionInputValue};
-use std::borrow::Cow;
+use ort::session::{builder::GraphOptimizationLevel, Session};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex, OnceLock};
-use std::time::Instant;
 use tokio::sync::{mpsc, oneshot, Semaphore};
 
 /// Golden outputs must match within this absolute difference (int outputs exactly).
@@ -51,183 +51,6 @@ pub struct LoadError {
     /// The manifest's model name, when the manifest could be read.
     pub model: Option<String>,
     pub problems: Vec<String>,
-}
-
-/// How an inference request failed; the HTTP layer maps these to statuses.
-#[derive(Debug, Clone, thiserror::Error)]
-pub enum InferError {
-    /// ONNX Runtime refused these inputs (e.g. an out-of-range token id).
-    #[error("model {model} rejected the inputs: {message}")]
-    Rejected { model: String, message: String },
-    /// The model's queue is full.
-    #[error("model {0} is overloaded: its request queue is full")]
-    Overloaded(String),
-    /// The model was unloaded or replaced while the request waited.
-    #[error("model {0} is not available")]
-    Unavailable(String),
-    #[error("model {model}: {message}")]
-    Internal { model: String, message: String },
-}
-
-/// Sessions handed out one per run; the semaphore counts the free ones.
-struct SessionPool {
-    sessions: Mutex<Vec<Session>>,
-    permits: Arc<Semaphore>,
-}
-
-impl SessionPool {
-    fn take(&self) -> Option<Session> {
-        self.sessions
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .pop()
-    }
-
-    fn put(&self, s: Session) {
-        self.sessions
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(s);
-    }
-}
-
-/// What runs a model: shared by its [`LoadedModel`] and its batcher task, so
-/// the batcher outlives a swap only as long as it has queued work.
-pub(crate) struct Engine {
-    pub name: String,
-    pool: SessionPool,
-    input_names: Vec<String>,
-    outputs: Vec<TensorSpec>,
-    /// Dim 0 of every input and output is the batch (from the manifest).
-    batch_dim: bool,
-    /// Requests may be merged: `batch_dim`, not refused by the manifest or the
-    /// golden self-test, and no run has shown otherwise.
-    batching: AtomicBool,
-    metrics: Option<Arc<ServeMetrics>>,
-}
-
-impl Engine {
-    fn rejected(&self, message: impl Into<String>) -> InferError {
-        InferError::Rejected {
-            model: self.name.clone(),
-            message: message.into(),
-        }
-    }
-
-    fn internal(&self, message: impl Into<String>) -> InferError {
-        InferError::Internal {
-            model: self.name.clone(),
-            message: message.into(),
-        }
-    }
-
-    pub(crate) fn batching(&self) -> bool {
-        self.batching.load(Ordering::Relaxed)
-    }
-
-    pub(crate) fn disable_batching(&self, why: &str) {
-        if self.batching.swap(false, Ordering::Relaxed) {
-            tracing::warn!(model = %self.name, reason = why, "dynamic batching disabled");
-        }
-    }
-
-    /// One ONNX Runtime run: `inputs` in manifest order, outputs in manifest order.
-    pub(crate) fn run(
-        &self,
-        session: &mut Session,
-        inputs: &[Tensor],
-    ) -> Result<Vec<Tensor>, InferError> {
-        let started = Instant::now();
-        let mut feed: Vec<(Cow<'_, str>, SessionInputValue<'_>)> = Vec::with_capacity(inputs.len());
-        for (name, tensor) in self.input_names.iter().zip(inputs) {
-            let value = tensor
-                .to_ort()
-                .map_err(|e| self.rejected(format!("input {name:?}: {e}")))?;
-            feed.push((Cow::from(name.as_str()), value));
-        }
-        let outputs = session
-            .run(feed)
-            .map_err(|e| self.rejected(e.to_string()))?;
-        let mut out = Vec::with_capacity(self.outputs.len());
-        for spec in &self.outputs {
-            let value = outputs
-                .get(&spec.name)
-                .ok_or_else(|| self.internal(format!("no output {:?}", spec.name)))?;
-            let tensor = Tensor::from_ort(value)
-                .map_err(|e| self.internal(format!("output {:?}: {e}", spec.name)))?;
-            if Some(tensor.dtype()) != spec.dtype() {
-                return Err(self.internal(format!(
-                    "output {:?} is {}, the manifest says {}",
-                    spec.name,
-                    tensor.dtype().manifest_name(),
-                    spec.dtype
-                )));
-            }
-            out.push(tensor);
-        }
-        if let Some(m) = &self.metrics {
-            m.inference_seconds
-                .with_label_values(&[&self.name])
-                .observe(started.elapsed().as_secs_f64());
-        }
-        Ok(out)
-    }
-
-    /// Run `f` with a pooled session on the calling (blocking) thread.
-    pub(crate) fn with_session<R>(
-        &self,
-        f: impl FnOnce(&mut Session) -> R,
-    ) -> Result<R, InferError> {
-        let mut session = self
-            .pool
-            .take()
-            .ok_or_else(|| self.internal("no free session"))?;
-        let result = f(&mut session);
-        self.pool.put(session);
-        Ok(result)
-    }
-
-    /// Wait for a free session, then run on the blocking pool. The permit
-    /// travels with the blocking task, so a caller that gives up (timeout)
-    /// never frees a session that is still running.
-    pub(crate) async fn run_async(
-        self: &Arc<Self>,
-        inputs: Vec<Tensor>,
-    ) -> Result<Vec<Tensor>, InferError> {
-        let permit = self
-            .pool
-            .permits
-            .clone()
-            .acquire_owned()
-            .await
-            .map_err(|_| InferError::Unavailable(self.name.clone()))?;
-        let engine = self.clone();
-        tokio::task::spawn_blocking(move || {
-            let _permit = permit;
-            engine.observe_batch(&inputs, 1);
-            engine.with_session(|s| engine.run(s, &inputs))?
-        })
-        .await
-        .map_err(|e| self.internal(format!("inference task failed: {e}")))?
-    }
-
-    pub(crate) async fn acquire(self: &Arc<Self>) -> Option<tokio::sync::OwnedSemaphorePermit> {
-        self.pool.permits.clone().acquire_owned().await.ok()
-    }
-
-    pub(crate) fn observe_batch(&self, inputs: &[Tensor], requests: usize) {
-        let (Some(m), true) = (&self.metrics, self.batch_dim) else {
-            return;
-        };
-        if let Some(rows) = inputs.first().and_then(|t| t.shape.first()) {
-            m.batch_rows
-                .with_label_values(&[&self.name])
-                .observe(*rows as f64);
-            m.batch_requests
-                .with_label_values(&[&self.name])
-                .observe(requests as f64);
-        }
-    }
 }
 
 /// A verified model, ready to serve. Replaced as a whole on hot swap: whoever
