@@ -146,6 +146,23 @@ async fn thresholds_and_rules_change_live_and_a_broken_edit_changes_nothing() {
     .await
     .unwrap();
     assert_eq!(versions, [("a".into(), v1, 600), ("b".into(), v2.0, 600)]);
+    // The audit trail: the start and the one applied edit, not the rejected ones.
+    let changes: Vec<(i32, String, String)> = sqlx::query_as(
+        "SELECT threshold_version, changed_by, reason FROM policy_changes ORDER BY id",
+    )
+    .fetch_all(&world.pool)
+    .await
+    .unwrap();
+    assert_eq!(changes.len(), 2, "{changes:?}");
+    assert_eq!((changes[0].0, changes[0].2.as_str()), (v1, "start"));
+    assert_eq!(
+        changes[1],
+        (
+            v2.0,
+            "it-ops: lower review, add rules".into(),
+            "reload".into()
+        )
+    );
 
     // Each row's decision and fired rules are its version's policy, computed
     // here in SQL from the stored score, amount and features
@@ -280,6 +297,20 @@ async fn a_shadow_model_is_stored_beside_and_promoted_live() {
     assert_eq!(
         world.count("SELECT count(*) FROM shadow_decisions").await,
         600
+    );
+    let models: Vec<(String, String)> =
+        sqlx::query_as("SELECT reason, models FROM policy_changes ORDER BY id")
+            .fetch_all(&world.pool)
+            .await
+            .unwrap();
+    assert_eq!(models.len(), 2, "the start and the promotion: {models:?}");
+    assert!(
+        models[0].1.contains("shadow fraud-attention-int8"),
+        "{models:?}"
+    );
+    assert!(
+        models[1].0 == "reload" && models[1].1.starts_with("champion fraud-attention-int8 v2"),
+        "{models:?}"
     );
     world.drop_database().await;
 }

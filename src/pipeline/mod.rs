@@ -97,6 +97,16 @@ pub async fn run(
             ))
         })?;
     policy.version = sink::register_thresholds(&pool, &policy).await?;
+    let owner = format!("{}-{}", hostname(), std::process::id());
+    sink::record_policy_change(
+        &pool,
+        policy.version,
+        policy.changed_by(),
+        &models.describe(),
+        &owner,
+        "start",
+    )
+    .await?;
     metrics.policy_version.set(policy.version.into());
     tracing::info!(models = %models.describe(), thresholds = policy.version, rules = policy.rules.rules().len(), "models, thresholds and rules in force");
     let (policy_tx, policy_rx) = tokio::sync::watch::channel(Arc::new(policy));
@@ -130,12 +140,11 @@ pub async fn run(
         provenance,
     });
     // Thresholds, rules and models follow the config file while the engine runs.
-    let reloader = config
-        .path
-        .clone()
-        .map(|path| tokio::spawn(reload::Reloader::new(&shared, path, policy_tx, models_tx).run()));
+    let reloader = config.path.clone().map(|path| {
+        let reloader = reload::Reloader::new(&shared, path, &owner, policy_tx, models_tx);
+        tokio::spawn(reloader.run())
+    });
     let stop = Arc::new(AtomicBool::new(false));
-    let owner = format!("{}-{}", hostname(), std::process::id());
 
     // Labels run in a pipeline of their own (and their own consumer group), so
     // transactions waiting for the label watermark never hold labels back.

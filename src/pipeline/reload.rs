@@ -37,6 +37,8 @@ pub(super) struct Reloader {
     metrics: Arc<Metrics>,
     policy: watch::Sender<Arc<Policy>>,
     models: watch::Sender<Arc<Models>>,
+    /// This engine, as `policy_changes.engine` names it.
+    engine: String,
     /// The file's bytes last looked at, by hash: unchanged bytes are not
     /// looked at again, so a rejected file is reported once.
     last_seen: Option<[u8; 32]>,
@@ -56,6 +58,7 @@ impl Reloader {
     pub(super) fn new(
         shared: &Shared,
         path: PathBuf,
+        engine: &str,
         policy: watch::Sender<Arc<Policy>>,
         models: watch::Sender<Arc<Models>>,
     ) -> Reloader {
@@ -74,6 +77,7 @@ impl Reloader {
             metrics: shared.metrics.clone(),
             policy,
             models,
+            engine: engine.to_owned(),
             last_seen,
         }
     }
@@ -181,6 +185,28 @@ impl Reloader {
                     return Outcome::Retry;
                 }
             };
+        }
+        // The audit row first: if it cannot be written, nothing changes yet.
+        let version = if policy_changed {
+            policy.version
+        } else {
+            current.version
+        };
+        let described = models
+            .as_ref()
+            .map_or_else(|| current_models.describe(), |m| m.describe());
+        if let Err(e) = sink::record_policy_change(
+            &self.pool,
+            version,
+            policy.changed_by(),
+            &described,
+            &self.engine,
+            "reload",
+        )
+        .await
+        {
+            tracing::warn!(path, error = %e, "cannot record the change in policy_changes yet; retrying at the next look");
+            return Outcome::Retry;
         }
         // Models first: a batch scored by the new model and decided under
         // the old policy (or the reverse) records both, as they were.

@@ -7,8 +7,8 @@
 //! runs ONNX Runtime on an async worker.
 
 use super::batch::{self, BatchOptions, Job};
-use super::engine::{Engine, SessionPool};
 pub use super::engine::InferError;
+use super::engine::{Engine, SessionPool};
 use super::tensor::Tensor;
 use crate::metrics::ServeMetrics;
 use crate::scoring::manifest::{DType, Manifest, TensorSpec};

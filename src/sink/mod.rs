@@ -174,6 +174,30 @@ pub async fn register_thresholds(pool: &PgPool, set: &Policy) -> Result<i32, Sin
     )
 }
 
+/// Record that `engine` put policy `version` (and `models`) in force, for
+/// `reason` (`start` or `reload`): the audit row of `policy_changes`.
+pub async fn record_policy_change(
+    pool: &PgPool,
+    version: i32,
+    changed_by: &str,
+    models: &str,
+    engine: &str,
+    reason: &str,
+) -> Result<(), SinkError> {
+    sqlx::query(
+        "INSERT INTO policy_changes (threshold_version, changed_by, models, engine, reason)
+         VALUES ($1, $2, $3, $4, $5)",
+    )
+    .bind(version)
+    .bind(changed_by)
+    .bind(models)
+    .bind(engine)
+    .bind(reason)
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
 /// A claimed partition: where to resume and the epoch that fences older owners.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Claim {
