@@ -19,7 +19,7 @@ mkdir -p "$OUT"
 # A private copy: a rebuild during the run must not swap the binary under it.
 cp "$BIN" "$OUT/policy-riskstream"
 RULES_DIR=$(mktemp -d)
-trap 'rm -rf "$RULES_DIR"' EXIT
+trap 'rm -rf "$RULES_DIR" "$OUT/policy-riskstream"' EXIT
 mkdir -p "$RULES_DIR/config"
 cp config/riskstream.toml "$RULES_DIR/config/"
 cat >>"$RULES_DIR/config/riskstream.toml" <<'TOML'
