@@ -3,7 +3,10 @@
 # (bench/ab.sh's stream), `perf record` on the engine process for PROFILE_SECS
 # once it is busy, then a flamegraph (inferno) and the top functions.
 #
-#   scripts/profile.sh [N] [OUT_PREFIX]     (defaults: 400000, docs/img/profile)
+#   scripts/profile.sh [N] [OUT_PREFIX]     (defaults: 1000000, docs/img/profile)
+#
+# N must keep the engine busy past the recording (3 s + PROFILE_SECS): at
+# ~13k tx/s, 400k finish inside it and perf is killed with the engine.
 #
 # Writes OUT_PREFIX.svg (flamegraph), OUT_PREFIX.txt (where the samples
 # go by area, top functions by self time) and OUT_PREFIX.folded.gz (stacks). Needs perf (Debian
@@ -12,7 +15,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 : "${CARGO_TARGET_DIR:?source scripts/env.sh first}"
-N="${1:-400000}"
+N="${1:-1000000}"
 OUT="${2:-docs/img/profile}"
 SECS="${PROFILE_SECS:-40}"
 BIN="${BENCH_BIN:-$CARGO_TARGET_DIR/release/riskstream}"
