@@ -208,22 +208,13 @@ pub fn check_config(path: &Path) -> Result<ExitCode> {
             return Ok(ExitCode::FAILURE);
         }
     };
-    if verify_model(&config.model.dir)? != ExitCode::SUCCESS {
+    if !verify_fraud_model("model", &config.model.dir, "") {
         return Ok(ExitCode::FAILURE);
     }
     if let Some(shadow) = &config.shadow {
-        match Scorer::open(&shadow.dir, 1, 1, 1) {
-            Ok(s) => println!(
-                "{}: {} v{} sha256 {} ok (shadow: scored beside the model, never deciding)",
-                shadow.dir.display(),
-                s.manifest.name,
-                s.manifest.version,
-                s.manifest.sha256
-            ),
-            Err(e) => {
-                eprintln!("shadow.dir: {e}");
-                return Ok(ExitCode::FAILURE);
-            }
+        let note = " (shadow: scored beside the model, never deciding)";
+        if !verify_fraud_model("shadow", &shadow.dir, note) {
+            return Ok(ExitCode::FAILURE);
         }
     }
     let manifest = crate::scoring::Manifest::read(&config.model.dir)?;
@@ -238,10 +229,8 @@ pub fn check_config(path: &Path) -> Result<ExitCode> {
             policy.content_sha256()
         ),
         Err(problems) => {
-            eprintln!("{} problem(s) in {}:", problems.len(), path.display());
-            for p in problems {
-                eprintln!("  {p}");
-            }
+            let path = path.to_owned();
+            eprintln!("{}", ConfigError::Invalid { path, problems });
             return Ok(ExitCode::FAILURE);
         }
     }
@@ -268,22 +257,24 @@ pub fn check_config(path: &Path) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// `riskstream models verify`: checksum, contract, and a load through ONNX Runtime.
-pub fn verify_model(dir: &Path) -> Result<ExitCode> {
+/// A fraud model of `[section]` opens as the engine opens it (sha256, IO
+/// contract, golden outputs); prints what it is, or the problem by its key.
+fn verify_fraud_model(section: &str, dir: &Path, note: &str) -> bool {
     match Scorer::open(dir, 1, 1, 1) {
         Ok(s) => {
+            let m = &s.manifest;
             println!(
-                "{}: {} v{} sha256 {} ok",
+                "{}: {} v{} sha256 {} ok{note}",
                 dir.display(),
-                s.manifest.name,
-                s.manifest.version,
-                s.manifest.sha256
+                m.name,
+                m.version,
+                m.sha256
             );
-            Ok(ExitCode::SUCCESS)
+            true
         }
         Err(e) => {
-            eprintln!("model.dir: {e}");
-            Ok(ExitCode::FAILURE)
+            eprintln!("{section}.dir: {e}");
+            false
         }
     }
 }
@@ -544,24 +535,22 @@ pub async fn backtest(config: &Config, args: &BacktestArgs) -> Result<ExitCode> 
     let t = &mut candidate.thresholds;
     t.review = args.review.unwrap_or(t.review);
     t.decline = args.decline.unwrap_or(t.decline);
-    if !(0.0..=1.0).contains(&t.review) || !(0.0..=1.0).contains(&t.decline) || t.review > t.decline
-    {
-        anyhow::bail!(
-            "candidate thresholds review {} / decline {}: each must be within [0, 1] and review at most decline",
-            t.review,
-            t.decline
-        );
-    }
     let manifest = crate::scoring::Manifest::read(&candidate.model.dir)?;
-    let policy = crate::decision::Policy::compile(
+    // The overridden thresholds get the config's own checks, with the rules'.
+    let mut problems = candidate.validate();
+    let compiled = crate::decision::Policy::compile(
         &candidate.thresholds,
         &candidate.rules,
         &manifest.feature_names,
-    )
-    .map_err(|problems| {
-        let listed: Vec<String> = problems.iter().map(|p| p.to_string()).collect();
-        anyhow::anyhow!("the candidate's rules: {}", listed.join("; "))
-    })?;
+    );
+    let policy = match compiled {
+        Ok(policy) if problems.is_empty() => policy,
+        Ok(_) => anyhow::bail!("the candidate: {}", crate::config::listed(&problems, "; ")),
+        Err(more) => {
+            problems.extend(more);
+            anyhow::bail!("the candidate: {}", crate::config::listed(&problems, "; "))
+        }
+    };
     let url = args.url.as_deref().unwrap_or(config.postgres.url.expose());
     let pool = sink::connect(url, 2).await?;
     let loaded = crate::backtest::load(
@@ -591,6 +580,7 @@ pub async fn backtest(config: &Config, args: &BacktestArgs) -> Result<ExitCode> 
     let report = tokio::task::spawn_blocking(move || -> Result<crate::backtest::Report> {
         let mut report = crate::backtest::run(&loaded, &policy, sweep);
         if let Some((rows, start, dir)) = replay {
+            let days = loaded.days;
             let open = |d: &Path| {
                 Scorer::open(d, 1, 2, 512).with_context(|| format!("model {}", d.display()))
             };
@@ -598,6 +588,7 @@ pub async fn backtest(config: &Config, args: &BacktestArgs) -> Result<ExitCode> 
             report.model = Some(crate::backtest::model::compare(
                 &rows,
                 start,
+                days,
                 delay,
                 &champion,
                 &challenger,

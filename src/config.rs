@@ -340,6 +340,15 @@ impl fmt::Display for Problem {
     }
 }
 
+/// Every problem, each as `key: message`, joined by `separator`.
+pub fn listed(problems: &[Problem], separator: &str) -> String {
+    problems
+        .iter()
+        .map(|p| p.to_string())
+        .collect::<Vec<_>>()
+        .join(separator)
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read {path}: {source}")]
@@ -349,8 +358,7 @@ pub enum ConfigError {
     },
     #[error("{path}: {message}")]
     Parse { path: PathBuf, message: String },
-    #[error("{} problem(s) in {}:\n  {}", .problems.len(), .path.display(),
-        .problems.iter().map(|p| p.to_string()).collect::<Vec<_>>().join("\n  "))]
+    #[error("{} problem(s) in {}:\n  {}", .problems.len(), .path.display(), listed(.problems, "\n  "))]
     Invalid {
         path: PathBuf,
         problems: Vec<Problem>,
@@ -373,8 +381,18 @@ impl Config {
             path: path.to_owned(),
             source,
         })?;
+        Self::from_text(path, &text, env)
+    }
+
+    /// The configuration `text`, read from `path` (relative paths resolve
+    /// against its folder; errors name it), environment overrides applied.
+    pub fn from_text(
+        path: &Path,
+        text: &str,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Config, ConfigError> {
         let base = path.parent().unwrap_or(Path::new("."));
-        let parsed = Self::parse(&text, base, env).map(|mut c| {
+        let parsed = Self::parse(text, base, env).map(|mut c| {
             c.path = Some(path.to_owned());
             c
         });
@@ -538,39 +556,12 @@ impl Config {
                 "must not be negative (0 disables the check)".into(),
             );
         }
-        if self.model.max_batch == 0 {
-            bad("model.max_batch", "must be at least 1".into());
-        }
-        for file in ["model.onnx", "manifest.json"] {
-            let path = self.model.dir.join(file);
-            if !path.is_file() {
-                bad("model.dir", format!("{} does not exist", path.display()));
-            }
-        }
+        check_model(&mut bad, "model", &self.model.dir, self.model.max_batch);
         if let Some(shadow) = &self.shadow {
-            if shadow.max_batch == 0 {
-                bad("shadow.max_batch", "must be at least 1".into());
-            }
-            for file in ["model.onnx", "manifest.json"] {
-                let path = shadow.dir.join(file);
-                if !path.is_file() {
-                    bad("shadow.dir", format!("{} does not exist", path.display()));
-                }
-            }
+            check_model(&mut bad, "shadow", &shadow.dir, shadow.max_batch);
         }
         if let Some(lm) = &self.language_model {
-            if lm.max_batch == 0 {
-                bad("language_model.max_batch", "must be at least 1".into());
-            }
-            for file in ["model.onnx", "manifest.json"] {
-                let path = lm.dir.join(file);
-                if !path.is_file() {
-                    bad(
-                        "language_model.dir",
-                        format!("{} does not exist", path.display()),
-                    );
-                }
-            }
+            check_model(&mut bad, "language_model", &lm.dir, lm.max_batch);
         }
         check_thresholds(
             &mut bad,
@@ -597,6 +588,23 @@ impl Config {
             );
         }
         p
+    }
+}
+
+/// A model section: its directory holds a model and a manifest, and it runs
+/// at least one row at a time. (What they hold is checked when it is opened.)
+fn check_model(bad: &mut impl FnMut(&str, String), section: &str, dir: &Path, max_batch: usize) {
+    if max_batch == 0 {
+        bad(&format!("{section}.max_batch"), "must be at least 1".into());
+    }
+    for file in ["model.onnx", "manifest.json"] {
+        let path = dir.join(file);
+        if !path.is_file() {
+            bad(
+                &format!("{section}.dir"),
+                format!("{} does not exist", path.display()),
+            );
+        }
     }
 }
 

@@ -23,6 +23,7 @@ use anyhow::{Context, Result};
 use chrono::{DateTime, NaiveDate, Utc};
 use futures::TryStreamExt;
 use serde::Serialize;
+use sqlx::postgres::PgRow;
 use sqlx::{PgPool, Row};
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -56,10 +57,8 @@ pub async fn load(
     progress: bool,
 ) -> Result<Loaded> {
     let (start, end) = bounds(from, to);
-    let range =
-        "($1::timestamptz IS NULL OR d.ts >= $1) AND ($2::timestamptz IS NULL OR d.ts < $2)";
     let total: i64 = sqlx::query_scalar(&format!(
-        "SELECT count(*) FROM risk_decisions d WHERE {range}"
+        "SELECT count(*) FROM risk_decisions d WHERE {IN_RANGE}"
     ))
     .bind(start)
     .bind(end)
@@ -72,11 +71,10 @@ pub async fn load(
         indicatif::ProgressBar::hidden()
     };
     let sql = format!(
-        "SELECT d.tx_id, d.ts, d.card_id, d.terminal_id, (d.amount * 100)::bigint, d.currency, d.mcc,
-                d.channel, d.country, d.score, d.decision, d.features, d.threshold_version,
+        "SELECT {TRANSACTION_COLUMNS}, d.score, d.decision, d.features, d.threshold_version,
                 coalesce(l.is_fraud, false)
            FROM risk_decisions d LEFT JOIN labels l USING (tx_id)
-          WHERE {range}"
+          WHERE {IN_RANGE}"
     );
     let mut stream = sqlx::query(&sql).bind(start).bind(end).fetch(pool);
     let mut rows = Vec::with_capacity(total.max(0) as usize);
@@ -89,22 +87,11 @@ pub async fn load(
             skipped += 1;
             continue;
         }
-        let ts: DateTime<Utc> = r.get(1);
-        days.insert(ts.date_naive());
+        let tx = transaction_of(&r);
+        days.insert(tx.ts.date_naive());
         let decision: String = r.get(10);
-        let channel: Option<String> = r.get(7);
         rows.push(Stored {
-            tx: Transaction {
-                tx_id: r.get(0),
-                ts,
-                card_id: r.get(2),
-                terminal_id: r.get(3),
-                amount: r.get::<i64, _>(4) as f64 / 100.0,
-                currency: r.get(5),
-                mcc: r.get(6),
-                channel: channel.as_deref().and_then(Channel::parse),
-                country: r.get(8),
-            },
+            tx,
             score: r.get(9),
             decision: Decision::parse(&decision)
                 .with_context(|| format!("stored decision {decision:?}"))?,
@@ -128,6 +115,32 @@ pub async fn load(
         from,
         to,
     })
+}
+
+/// `risk_decisions d` rows with `ts` in `[$1, $2)`, each bound optional.
+const IN_RANGE: &str =
+    "($1::timestamptz IS NULL OR d.ts >= $1) AND ($2::timestamptz IS NULL OR d.ts < $2)";
+
+/// The stored transaction's columns of `risk_decisions d`, first in a
+/// select that [`transaction_of`] reads.
+const TRANSACTION_COLUMNS: &str =
+    "d.tx_id, d.ts, d.card_id, d.terminal_id, (d.amount * 100)::bigint, \
+     d.currency, d.mcc, d.channel, d.country";
+
+/// The transaction of a row that starts with [`TRANSACTION_COLUMNS`].
+fn transaction_of(r: &PgRow) -> Transaction {
+    let channel: Option<String> = r.get(7);
+    Transaction {
+        tx_id: r.get(0),
+        ts: r.get(1),
+        card_id: r.get(2),
+        terminal_id: r.get(3),
+        amount: r.get::<i64, _>(4) as f64 / 100.0,
+        currency: r.get(5),
+        mcc: r.get(6),
+        channel: channel.as_deref().and_then(Channel::parse),
+        country: r.get(8),
+    }
 }
 
 /// The instants `from ..= to` (days, UTC) spans: `[start, end)`.

@@ -10,12 +10,11 @@
 //! replay was. Frauds are the labels stored so far, each known from the day
 //! it was reported, as the stream knew them.
 
-use super::{Figures, Stored};
+use super::{transaction_of, Figures, Stored, IN_RANGE, TRANSACTION_COLUMNS};
 use crate::decision::{Decision, Facts, Policy};
 use crate::evaluate::metrics::{self, CardRow};
-use crate::event::{Channel, Transaction};
 use crate::features::offline::{featurize_rows, LabelledTx};
-use crate::features::{kept_per_card, FEATURE_NAMES, HISTORY_LEN};
+use crate::features::{day_of, kept_per_card, FEATURE_NAMES, HISTORY_LEN};
 use crate::scoring::{Scored, Scorer};
 use anyhow::{Context, Result};
 use chrono::{DateTime, Utc};
@@ -38,12 +37,13 @@ pub async fn load(
     start: Option<DateTime<Utc>>,
     end: Option<DateTime<Utc>>,
 ) -> Result<Vec<(LabelledTx, f32)>> {
-    let columns = "d.tx_id, d.ts, d.card_id, d.terminal_id, (d.amount * 100)::bigint, d.currency, d.mcc,
-                   d.channel, d.country, l.is_fraud, l.reported_at, d.score, d.source_partition, d.source_offset";
+    let columns = format!(
+        "{TRANSACTION_COLUMNS}, l.is_fraud, l.reported_at, d.score, d.source_partition, d.source_offset"
+    );
     let sql = format!(
         "SELECT {columns}
            FROM risk_decisions d LEFT JOIN labels l USING (tx_id)
-          WHERE ($1::timestamptz IS NULL OR d.ts >= $1) AND ($2::timestamptz IS NULL OR d.ts < $2)
+          WHERE {IN_RANGE}
          UNION ALL
          SELECT {columns}
            FROM (SELECT DISTINCT card_id FROM risk_decisions
@@ -63,20 +63,9 @@ pub async fn load(
         .fetch(pool);
     let mut rows = Vec::new();
     while let Some(r) = stream.try_next().await.context("read the transactions")? {
-        let channel: Option<String> = r.get(7);
         rows.push((
             LabelledTx {
-                tx: Transaction {
-                    tx_id: r.get(0),
-                    ts: r.get(1),
-                    card_id: r.get(2),
-                    terminal_id: r.get(3),
-                    amount: r.get::<i64, _>(4) as f64 / 100.0,
-                    currency: r.get(5),
-                    mcc: r.get(6),
-                    channel: channel.as_deref().and_then(Channel::parse),
-                    country: r.get(8),
-                },
+                tx: transaction_of(&r),
                 is_fraud: Some(r.get::<Option<bool>, _>(9).unwrap_or(false)),
                 scenario: None,
                 reported_at: r.get(10),
@@ -134,10 +123,12 @@ pub struct ModelComparison {
 const FLIPS_SHOWN: usize = 10;
 
 /// Featurize the loaded rows and compare the two models on those from
-/// `range_start` on, under `policy`.
+/// `range_start` on, under `policy`; per-day figures over the range's `days`
+/// (the backtest's own, so both tables divide alike).
 pub fn compare(
     loaded: &[(LabelledTx, f32)],
     range_start: Option<DateTime<Utc>>,
+    days: i64,
     label_delay_days: i64,
     champion: &Scorer,
     challenger: &Scorer,
@@ -162,14 +153,6 @@ pub fn compare(
             threshold_version: 0,
         })
         .collect();
-    let days = {
-        let first = stored.first().map(|r| r.tx.ts.date_naive());
-        let last = stored.last().map(|r| r.tx.ts.date_naive());
-        match (first, last) {
-            (Some(a), Some(b)) => (b - a).num_days() + 1,
-            _ => 0,
-        }
-    };
     let decide = |scored: &[Scored]| -> Vec<Decision> {
         stored
             .iter()
@@ -186,14 +169,14 @@ pub fn compare(
             .collect()
     };
     let (decided_a, decided_b) = (decide(&scores_a), decide(&scores_b));
+    let y: Vec<bool> = stored.iter().map(|r| r.fraud).collect();
     let figures = |scorer: &Scorer, scored: &[Scored], decided: &[Decision]| {
-        let y: Vec<bool> = stored.iter().map(|r| r.fraud).collect();
         let s: Vec<f32> = scored.iter().map(|s| s.score).collect();
         let cards: Vec<CardRow> = stored
             .iter()
             .zip(&s)
             .map(|(r, &score)| CardRow {
-                day: r.tx.ts.timestamp().div_euclid(86_400),
+                day: day_of(r.tx.ts.timestamp_millis()),
                 card: &r.tx.card_id,
                 fraud: r.fraud,
                 score,
@@ -232,7 +215,7 @@ pub fn compare(
         .collect();
     Ok(ModelComparison {
         rows: stored.len(),
-        frauds: stored.iter().filter(|r| r.fraud).count(),
+        frauds: y.iter().filter(|&&f| f).count(),
         champion: figures(champion, &scores_a, &decided_a),
         challenger: figures(challenger, &scores_b, &decided_b),
         decisions_differ,

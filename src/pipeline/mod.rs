@@ -89,11 +89,10 @@ pub async fn run(
     };
     let mut policy =
         Policy::compile(&config.thresholds, &config.rules, &feature_names).map_err(|problems| {
-            let listed: Vec<String> = problems.iter().map(|p| p.to_string()).collect();
             EngineError::Other(format!(
                 "{} problem(s) in [thresholds] and [rules]:\n  {}",
-                listed.len(),
-                listed.join("\n  ")
+                problems.len(),
+                crate::config::listed(&problems, "\n  ")
             ))
         })?;
     policy.version = sink::register_thresholds(&pool, &policy).await?;

@@ -118,7 +118,13 @@ impl Reloader {
         if !forced && self.last_seen == Some(digest) {
             return;
         }
-        let outcome = self.apply().await;
+        let outcome = match std::str::from_utf8(&bytes) {
+            Ok(text) => self.apply(text).await,
+            Err(e) => {
+                tracing::error!(path = %self.path.display(), error = %e, "config change rejected: the file is not UTF-8; the policy in force stays");
+                Outcome::Rejected
+            }
+        };
         let label = match outcome {
             Outcome::Applied => "applied",
             Outcome::Unchanged => "unchanged",
@@ -132,13 +138,14 @@ impl Reloader {
         self.last_seen = Some(digest);
     }
 
-    async fn apply(&mut self) -> Outcome {
+    /// Apply `text`, the file's content whose hash `look` remembers.
+    async fn apply(&mut self, text: &str) -> Outcome {
         let path = self.path.display().to_string();
-        let config = match Config::load(&self.path) {
+        let config = match Config::from_text(&self.path, text, std::env::vars()) {
             Ok(c) => c,
             Err(ConfigError::Invalid { mut problems, .. }) => {
                 // The rules' problems too, though the file did not load.
-                problems.extend(rule_problems(&self.path, &self.feature_names));
+                problems.extend(rule_problems(text, &self.feature_names));
                 return self.rejected(&problems);
             }
             Err(e) => {
@@ -232,22 +239,21 @@ impl Reloader {
     }
 
     fn rejected(&self, problems: &[Problem]) -> Outcome {
-        let listed: Vec<String> = problems.iter().map(|p| p.to_string()).collect();
         tracing::error!(
             path = %self.path.display(),
-            problems = %listed.join("; "),
+            problems = %crate::config::listed(problems, "; "),
             "config change rejected ({} problem(s)); the policy in force stays",
-            listed.len()
+            problems.len()
         );
         Outcome::Rejected
     }
 }
 
 /// Problems in the `[rules]` of a file that may not load as a whole.
-fn rule_problems(path: &std::path::Path, feature_names: &[String]) -> Vec<Problem> {
-    let rules = std::fs::read_to_string(path)
+fn rule_problems(text: &str, feature_names: &[String]) -> Vec<Problem> {
+    let rules = text
+        .parse::<toml::Table>()
         .ok()
-        .and_then(|text| text.parse::<toml::Table>().ok())
         .and_then(|mut doc| doc.remove("rules"))
         .and_then(|rules| rules.try_into::<crate::config::RulesConfig>().ok());
     match rules.map(|r| crate::decision::Rules::compile(&r, feature_names)) {
