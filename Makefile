@@ -1,6 +1,8 @@
 # riskstream: what CI runs is what a person runs.
 #
 #   make demo          set everything up, stream a simulated workload through the engine, show Postgres
+#   make console       the review console on the demo's decisions: http://127.0.0.1:8090 (alice / dev-alice)
+#   make screenshots   docs/img/console-*.png from the demo's decisions (headless Chromium)
 #   make test          set everything up; fmt, clippy, then every test (unit + end-to-end on real Kafka/Postgres)
 #   make bench         throughput/latency benchmark vs. the Python baseline -> docs/BENCHMARKS.md
 #   make train         retrain every committed model from the simulator (needs PyTorch; not used by tests)
@@ -11,7 +13,7 @@
 #   make lint          rustfmt --check and clippy -D warnings
 #   make deploy-check  the Prometheus alert rules in deploy/ parse and pass their tests (promtool)
 #   make setup         install system packages, Kafka jars, .venv with onnxruntime (idempotent)
-#   make stack-up      start local Kafka (127.0.0.1:39092) + PostgreSQL (127.0.0.1:55432)
+#   make stack-up      start local Kafka (127.0.0.1:19092) + PostgreSQL (127.0.0.1:15432)
 #   make stack-status  show both; fails if either is down
 #   make stack-down    stop both, keep data
 #   make stack-reset   stop both and delete their data
@@ -24,7 +26,7 @@ SHELL := bash
 # CARGO_TARGET_DIR and the stack's addresses from scripts/env.sh.
 ENV := source scripts/env.sh &&
 
-.PHONY: help setup stack-up stack-down stack-status stack-reset build demo test unit-test integration-test model-check deploy-check lint bench train study evaluate fuzz chaos
+.PHONY: help setup stack-up stack-down stack-status stack-reset build demo console screenshots test unit-test integration-test model-check deploy-check lint bench train study evaluate fuzz chaos
 
 help:
 	@sed -n 's/^#   make /make /p' $(firstword $(MAKEFILE_LIST))
@@ -49,6 +51,12 @@ build: setup
 
 demo: build stack-up
 	$(ENV) bash scripts/demo.sh
+
+console: build stack-up
+	$(ENV) bash scripts/console.sh
+
+screenshots: build stack-up
+	$(ENV) bash scripts/console.sh --screenshots docs/img
 
 test: build stack-up
 	$(ENV) cargo fmt --all -- --check

@@ -24,7 +24,7 @@ N=$1
 shift
 PY=$PWD/.venv/bin/python
 OUT=$PWD/bench/.out
-PSQL=(psql -q -X -v ON_ERROR_STOP=1 -h 127.0.0.1 -p 55432 -U postgres)
+PSQL=(psql -q -X -v ON_ERROR_STOP=1 -h 127.0.0.1 -p 15432 -U postgres)
 PREFIX="ab$(date +%s)"
 mkdir -p "$OUT"
 
@@ -35,10 +35,10 @@ mkdir -p "$OUT"
 env_for() {
   ENV=(RISKSTREAM_KAFKA__TRANSACTIONS_TOPIC="$PREFIX.transactions" RISKSTREAM_KAFKA__LABELS_TOPIC="$PREFIX.labels"
        RISKSTREAM_KAFKA__DLQ_TOPIC="$PREFIX.transactions.dlq" RISKSTREAM_KAFKA__PARTITIONS=4
-       RISKSTREAM_KAFKA__GROUP_ID="$1" RISKSTREAM_POSTGRES__URL="postgres://postgres@127.0.0.1:55432/$2"
+       RISKSTREAM_KAFKA__GROUP_ID="$1" RISKSTREAM_POSTGRES__URL="postgres://postgres@127.0.0.1:15432/$2"
        RISKSTREAM_MODEL__DIR="$PWD/models/fraud-attention" RISKSTREAM_SERVER__LISTEN=127.0.0.1:9466)
   if grep -q migrate_url "$3"; then
-    ENV+=(RISKSTREAM_POSTGRES__MIGRATE_URL="postgres://postgres@127.0.0.1:55432/$2")
+    ENV+=(RISKSTREAM_POSTGRES__MIGRATE_URL="postgres://postgres@127.0.0.1:15432/$2")
   fi
 }
 

@@ -875,12 +875,12 @@ class Baseline:
 def arg_parser(description: str | None = __doc__) -> argparse.ArgumentParser:
     """This script's command line (bench/per_message.py adds to it)."""
     ap = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--brokers", default="127.0.0.1:39092")
+    ap.add_argument("--brokers", default="127.0.0.1:19092")
     ap.add_argument("--group", default="riskstream-python-baseline")
     ap.add_argument("--topic-prefix", help="read PREFIX.transactions and PREFIX.labels")
     ap.add_argument("--transactions-topic", default="transactions")
     ap.add_argument("--labels-topic", default="labels")
-    ap.add_argument("--db-url", default="postgres://postgres@127.0.0.1:55432/riskstream_baseline",
+    ap.add_argument("--db-url", default="postgres://postgres@127.0.0.1:15432/riskstream_baseline",
                     help="its own database, never the engine's")
     ap.add_argument("--model-dir", default=str(ROOT / "models" / "fraud-attention"))
     ap.add_argument("--config", default=str(ROOT / "config" / "riskstream.toml"),

@@ -134,7 +134,7 @@ def positive_int(text: str) -> int:
 def main():
     ap = arg_parser(__doc__)
     ap.set_defaults(group="riskstream-python-naive",
-                    db_url="postgres://postgres@127.0.0.1:55432/riskstream_naive")
+                    db_url="postgres://postgres@127.0.0.1:15432/riskstream_naive")
     ap.add_argument("--max-records", type=positive_int, metavar="N",
                     help="stop consuming after N records of the transactions topic, then idle until a signal "
                          "or --idle-exit-seconds (default: no limit)")

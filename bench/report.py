@@ -559,7 +559,7 @@ def main():
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--doc", type=Path, required=True)
     ap.add_argument("--model-dir", type=Path, required=True, help="the model of the engine vs Python benchmark")
-    ap.add_argument("--db-url", default="postgres://postgres@127.0.0.1:55432/riskstream")
+    ap.add_argument("--db-url", default="postgres://postgres@127.0.0.1:15432/riskstream")
     a = ap.parse_args()
     a.out = a.out.resolve()
 

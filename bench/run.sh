@@ -57,7 +57,7 @@ METRICS_ADDR=127.0.0.1:9465
 RUN_TIMEOUT_S=1200
 NAIVE_MS_PER_TX=20
 RUN="bench$(date +%s)"
-PSQL=(psql -q -X -v ON_ERROR_STOP=1 -h 127.0.0.1 -p 55432 -U postgres)
+PSQL=(psql -q -X -v ON_ERROR_STOP=1 -h 127.0.0.1 -p 15432 -U postgres)
 
 say() { printf 'bench: %s\n' "$*" >&2; }
 die() { printf 'bench: error: %s\n' "$*" >&2; exit 1; }
@@ -82,8 +82,8 @@ engine_env() {
     RISKSTREAM_KAFKA__DLQ_TOPIC="$1.transactions.dlq"
     RISKSTREAM_KAFKA__PARTITIONS="$PARTITIONS"
     RISKSTREAM_KAFKA__GROUP_ID="$2"
-    RISKSTREAM_POSTGRES__URL="postgres://postgres@127.0.0.1:55432/$3"
-    RISKSTREAM_POSTGRES__MIGRATE_URL="postgres://postgres@127.0.0.1:55432/$3"
+    RISKSTREAM_POSTGRES__URL="postgres://postgres@127.0.0.1:15432/$3"
+    RISKSTREAM_POSTGRES__MIGRATE_URL="postgres://postgres@127.0.0.1:15432/$3"
     RISKSTREAM_MODEL__DIR="$MODEL_DIR"
     RISKSTREAM_SERVER__LISTEN="$METRICS_ADDR"
   )
@@ -122,7 +122,7 @@ start() {
     fi
     # Its JSON summary (with its own stage timings) goes to LOG's .summary.json sibling.
     "$PY" "$script" --brokers "$KAFKA_BROKERS" --group "$prefix-$system" --topic-prefix "$prefix" \
-      --db-url "postgres://postgres@127.0.0.1:55432/$db" --model-dir "$MODEL_DIR" \
+      --db-url "postgres://postgres@127.0.0.1:15432/$db" --model-dir "$MODEL_DIR" \
       --idle-exit-seconds "$RUN_TIMEOUT_S" "${limit[@]}" >"${log%.log}.summary.json" 2>"$log" &
   fi
   PID=$!

@@ -25,7 +25,7 @@ N=${1:-300000}
 BIN=${BENCH_BIN:-$CARGO_TARGET_DIR/release/riskstream}
 PY=$PWD/.venv/bin/python
 OUT=$PWD/bench/.out
-PSQL=(psql -q -X -v ON_ERROR_STOP=1 -h 127.0.0.1 -p 55432 -U postgres)
+PSQL=(psql -q -X -v ON_ERROR_STOP=1 -h 127.0.0.1 -p 15432 -U postgres)
 RUN="scale$(date +%s)"
 mkdir -p "$OUT"
 
@@ -39,8 +39,8 @@ topics() {
 env_for() {
   ENV=(RISKSTREAM_KAFKA__TRANSACTIONS_TOPIC="$1.transactions" RISKSTREAM_KAFKA__LABELS_TOPIC="$1.labels"
        RISKSTREAM_KAFKA__DLQ_TOPIC="$1.transactions.dlq" RISKSTREAM_KAFKA__PARTITIONS=4
-       RISKSTREAM_KAFKA__GROUP_ID="$1-$2" RISKSTREAM_POSTGRES__URL="postgres://postgres@127.0.0.1:55432/$2"
-       RISKSTREAM_POSTGRES__MIGRATE_URL="postgres://postgres@127.0.0.1:55432/$2"
+       RISKSTREAM_KAFKA__GROUP_ID="$1-$2" RISKSTREAM_POSTGRES__URL="postgres://postgres@127.0.0.1:15432/$2"
+       RISKSTREAM_POSTGRES__MIGRATE_URL="postgres://postgres@127.0.0.1:15432/$2"
        RISKSTREAM_MODEL__DIR="$PWD/models/fraud-attention" RISKSTREAM_SERVER__LISTEN="127.0.0.1:$3")
 }
 

@@ -2,7 +2,7 @@
 //! operators runs, as the analyst login, on what a real run stored (with a
 //! rule and a shadow model, so every view has rows).
 
-use crate::common::{repo_root, url_as, World, ANALYST};
+use crate::common::{repo_root, url_as, World, ANALYST, REVIEWER};
 use std::time::Duration;
 
 /// The SELECT statements of every ```sql block of `text`, comments dropped.
@@ -67,6 +67,16 @@ reason = "large amount"
         .fetch_one(&analyst)
         .await
         .unwrap();
+    // A label from the console, as the reviewer's login writes it.
+    let reviewer = sqlx::PgPool::connect(&url_as(REVIEWER, &world.name))
+        .await
+        .unwrap();
+    sqlx::query("INSERT INTO label_reviews (tx_id, is_fraud, reviewer) VALUES ($1, true, 'alice')")
+        .bind(&some_tx)
+        .execute(&reviewer)
+        .await
+        .unwrap();
+    reviewer.close().await;
     let mut queries = Vec::new();
     for doc in ["README.md", "docs/OPERATIONS.md"] {
         let text = std::fs::read_to_string(repo_root().join(doc)).unwrap();

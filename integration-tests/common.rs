@@ -11,12 +11,12 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 pub fn brokers() -> String {
-    std::env::var("KAFKA_BROKERS").unwrap_or_else(|_| "127.0.0.1:39092".into())
+    std::env::var("KAFKA_BROKERS").unwrap_or_else(|_| "127.0.0.1:19092".into())
 }
 
 pub fn admin_url() -> String {
     std::env::var("DATABASE_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:55432/riskstream".into())
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:15432/riskstream".into())
 }
 
 /// A fresh, empty database `name` (dropped first if a previous run left
@@ -87,6 +87,13 @@ pub const ANALYST: Login = Login {
     role: "riskstream_analyst",
 };
 
+/// Runs `riskstream console`: reads, appends label reviews.
+pub const REVIEWER: Login = Login {
+    user: "riskstream_reviewer_user",
+    password: "dev-reviewer",
+    role: "riskstream_reviewer",
+};
+
 /// The URL of database `db` for `login`, on the server of [`admin_url`].
 pub fn url_as(login: Login, db: &str) -> String {
     let admin = admin_url();
@@ -101,14 +108,14 @@ pub fn url_as(login: Login, db: &str) -> String {
 /// a concurrent test doing the same.
 async fn ensure_logins(admin: &PgPool) {
     let mut statements = Vec::new();
-    for role in [MIGRATOR.role, ENGINE.role, ANALYST.role] {
+    for role in [MIGRATOR.role, ENGINE.role, ANALYST.role, REVIEWER.role] {
         statements.push(format!(
             "IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '{role}') THEN
                  CREATE ROLE {role} NOLOGIN;
              END IF;"
         ));
     }
-    for l in [MIGRATOR, ENGINE, ANALYST] {
+    for l in [MIGRATOR, ENGINE, ANALYST, REVIEWER] {
         statements.push(format!(
             "IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '{user}') THEN
                  CREATE ROLE {user} LOGIN PASSWORD '{password}';

@@ -1,5 +1,5 @@
 //! End-to-end tests against the real local stack (`make stack-up`): Apache
-//! Kafka on 127.0.0.1:39092 and PostgreSQL on 127.0.0.1:55432.
+//! Kafka on 127.0.0.1:19092 and PostgreSQL on 127.0.0.1:15432.
 //!
 //! Each test gets its own topics, consumer group and database, and drives the
 //! real `riskstream` binary as child processes, so crashes are real
@@ -12,6 +12,7 @@ mod backtest;
 mod chaos;
 mod common;
 mod config_errors;
+mod console;
 mod evaluate;
 mod exactly_once;
 mod hostile;

@@ -7,7 +7,7 @@
 
 use crate::common::{
     drop_scratch_database, migrations_before, model_dir, scratch_database, url_as, Login, World,
-    ANALYST, ENGINE, MIGRATOR,
+    ANALYST, ENGINE, MIGRATOR, REVIEWER,
 };
 use riskstream::config::ThresholdConfig;
 use riskstream::decision::Policy;
@@ -263,6 +263,51 @@ async fn the_analyst_reads_every_table_and_view_and_writes_nothing() {
         wrong.join("\n  ")
     );
     analyst.close().await;
+    world.drop_database().await;
+}
+
+#[tokio::test]
+async fn the_reviewer_reads_everything_and_only_appends_label_reviews() {
+    let world = World::new("priv_reviewer", 1).await;
+    let reviewer = login(REVIEWER, &world.name).await;
+    for relation in relations(&world.pool, true).await {
+        let sql = format!("SELECT count(*) FROM {relation}");
+        run(&reviewer, &sql)
+            .await
+            .unwrap_or_else(|e| panic!("the reviewer may: {sql}\n  {e}"));
+    }
+    run(
+        &reviewer,
+        "INSERT INTO label_reviews (tx_id, is_fraud, reviewer, note) VALUES ('tx-1', true, 'alice', 'seen')",
+    )
+    .await
+    .expect("the reviewer appends a review");
+    let mut writes = vec![
+        "UPDATE label_reviews SET is_fraud = false".to_string(),
+        "DELETE FROM label_reviews".to_string(),
+        "TRUNCATE label_reviews".to_string(),
+    ];
+    for table in relations(&world.pool, false).await {
+        if table == "label_reviews" {
+            continue;
+        }
+        let column = first_column(&world.pool, &table).await;
+        writes.push(format!("INSERT INTO {table} DEFAULT VALUES"));
+        writes.push(format!("UPDATE {table} SET {column} = {column}"));
+        writes.push(format!("DELETE FROM {table}"));
+    }
+    let wrong = not_denied(&reviewer, &writes).await;
+    assert!(
+        wrong.is_empty(),
+        "the reviewer must be refused (SQLSTATE {DENIED}):\n  {}",
+        wrong.join("\n  ")
+    );
+    let kept: i64 = sqlx::query_scalar("SELECT count(*) FROM label_reviews")
+        .fetch_one(&world.pool)
+        .await
+        .unwrap();
+    assert_eq!(kept, 1);
+    reviewer.close().await;
     world.drop_database().await;
 }
 

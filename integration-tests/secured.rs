@@ -32,7 +32,7 @@ const POISON_KEY: &[u8] = b"secured-poison";
 const APP_NAME: &str = "riskstream-secured-it";
 
 fn sasl_brokers() -> String {
-    std::env::var("KAFKA_SASL_BROKERS").unwrap_or_else(|_| "127.0.0.1:39094".into())
+    std::env::var("KAFKA_SASL_BROKERS").unwrap_or_else(|_| "127.0.0.1:19094".into())
 }
 
 fn scram_user() -> String {

@@ -12,7 +12,7 @@ N="${DEMO_TRANSACTIONS:-100000}"
 BIN="$CARGO_TARGET_DIR/debug/riskstream"
 RUN="demo$(date +%s)"
 DB=riskstream_demo
-PSQL=(psql -q -X -v ON_ERROR_STOP=1 -h 127.0.0.1 -p 55432 -U postgres)
+PSQL=(psql -q -X -v ON_ERROR_STOP=1 -h 127.0.0.1 -p 15432 -U postgres)
 
 # Owned by riskstream_owner, so the migrator (a member) creates the schema in it.
 "${PSQL[@]}" -d riskstream -c "DROP DATABASE IF EXISTS $DB WITH (FORCE)" \
@@ -22,7 +22,7 @@ PSQL=(psql -q -X -v ON_ERROR_STOP=1 -h 127.0.0.1 -p 55432 -U postgres)
 # this run, with the local stack's logins (scripts/stack): the engine as
 # riskstream_engine (riskstream_writer), migrations as riskstream_migrator
 # (riskstream_owner), the report as riskstream_analyst_user (read-only).
-PG=127.0.0.1:55432/$DB
+PG=127.0.0.1:15432/$DB
 export RISKSTREAM_POSTGRES__URL="postgres://riskstream_engine:dev-engine@$PG"
 export RISKSTREAM_POSTGRES__MIGRATE_URL="postgres://riskstream_migrator:dev-migrator@$PG"
 ANALYST_URL="postgres://riskstream_analyst_user:dev-analyst@$PG"
@@ -98,6 +98,9 @@ echo "The shadow model against the champion, on the same transactions (view shad
 cat <<MSG
 
 Explore it yourself, read-only (password dev-analyst):
-  psql -h 127.0.0.1 -p 55432 -U riskstream_analyst_user $DB
+  psql -h 127.0.0.1 -p 15432 -U riskstream_analyst_user $DB
   SELECT * FROM decision_reasons WHERE decision <> 'approve' ORDER BY score DESC LIMIT 10;
+
+Review and label decisions in the browser:
+  make console     then open http://127.0.0.1:8090 and log in as alice / dev-alice
 MSG

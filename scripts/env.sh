@@ -13,14 +13,14 @@ export ORT_DYLIB_PATH
 # Outside the repo so fresh clones / worktrees share one build cache.
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/riskstream/target}"
 
-export KAFKA_BROKERS=127.0.0.1:39092
-export DATABASE_URL=postgres://postgres@127.0.0.1:55432/riskstream
+export KAFKA_BROKERS=127.0.0.1:19092
+export DATABASE_URL=postgres://postgres@127.0.0.1:15432/riskstream
 
 # The secured side of the local stack (scripts/stack): Kafka's SASL_SSL
 # listener with a SCRAM-SHA-512 user, and the local CA that signed the
 # certificate of that listener and of PostgreSQL (sslmode=verify-full).
 # Dev-only credentials; keep in step with scripts/stack.
-export KAFKA_SASL_BROKERS=127.0.0.1:39094
+export KAFKA_SASL_BROKERS=127.0.0.1:19094
 export KAFKA_SASL_USERNAME=riskstream
 export KAFKA_SASL_PASSWORD=riskstream-dev-only
 export RISKSTREAM_TLS_CA="$RISKSTREAM_ROOT/.stack/tls/ca.pem"

@@ -33,7 +33,8 @@ sha() { sha256sum "$@" | sha256sum | cut -c1-16; }
 
 # --- 1. System packages -------------------------------------------------------
 # Build deps of rdkafka's bundled librdkafka (cmake build with ssl, zlib, curl),
-# PostgreSQL (server + client), and Java/Maven for the Kafka broker.
+# PostgreSQL (server + client), Java/Maven for the Kafka broker, and
+# Chromium + chromedriver for the console's browser test.
 apt_step() {
   local want=(libssl-dev zlib1g-dev pkg-config gcc g++ make perl cmake libcurl4-openssl-dev)
   local missing=() p
@@ -46,6 +47,10 @@ apt_step() {
   command -v psql >/dev/null || missing+=(postgresql-client)
   command -v java >/dev/null || missing+=(openjdk-17-jre-headless)
   command -v mvn  >/dev/null || missing+=(maven)
+  # The console's browser test (integration-tests/console.rs) drives Debian's
+  # Chromium through chromedriver.
+  command -v chromium     >/dev/null || missing+=(chromium)
+  command -v chromedriver >/dev/null || missing+=(chromium-driver)
 
   ((${#missing[@]})) || return 0
   mapfile -t missing < <(printf '%s\n' "${missing[@]}" | sort -u)

@@ -60,6 +60,30 @@ pub async fn serve_models(opts: serve::v2::Options) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// `riskstream console`: the analysts' pages (see [`crate::console`]) until
+/// SIGINT/SIGTERM.
+pub async fn console(config: Config) -> Result<ExitCode> {
+    let shutdown = CancellationToken::new();
+    tokio::spawn(signals(shutdown.clone()));
+    crate::console::serve(config, shutdown)
+        .await
+        .context("riskstream console")?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `riskstream console --hash-password`: the first line of stdin (the
+/// password) as an argon2id PHC string for `[[console.users]] password_hash`.
+pub fn hash_password() -> Result<ExitCode> {
+    let mut line = String::new();
+    std::io::stdin()
+        .read_line(&mut line)
+        .context("read the password from stdin")?;
+    let password = line.trim_end_matches(['\r', '\n']);
+    anyhow::ensure!(!password.is_empty(), "the password on stdin is empty");
+    println!("{}", crate::console::hash_password(password)?);
+    Ok(ExitCode::SUCCESS)
+}
+
 /// `riskstream models list`: load every model under `root` as `serve` would
 /// and show what it would serve.
 pub async fn list_models(root: &Path, json: bool) -> Result<ExitCode> {
@@ -528,39 +552,14 @@ pub struct BacktestArgs {
 
 /// `riskstream backtest`: see [`crate::backtest`].
 pub async fn backtest(config: &Config, args: &BacktestArgs) -> Result<ExitCode> {
-    let mut candidate = match &args.candidate {
+    let candidate = match &args.candidate {
         Some(path) => Config::load(path)?,
         None => config.clone(),
     };
-    let t = &mut candidate.thresholds;
-    t.review = args.review.unwrap_or(t.review);
-    t.decline = args.decline.unwrap_or(t.decline);
-    let manifest = crate::scoring::Manifest::read(&candidate.model.dir)?;
-    // The overridden thresholds get the config's own checks, with the rules'.
-    let mut problems = candidate.validate();
-    let compiled = crate::decision::Policy::compile(
-        &candidate.thresholds,
-        &candidate.rules,
-        &manifest.feature_names,
-    );
-    let policy = match compiled {
-        Ok(policy) if problems.is_empty() => policy,
-        Ok(_) => anyhow::bail!("the candidate: {}", crate::config::listed(&problems, "; ")),
-        Err(more) => {
-            problems.extend(more);
-            anyhow::bail!("the candidate: {}", crate::config::listed(&problems, "; "))
-        }
-    };
+    let (policy, inputs) = crate::backtest::candidate(candidate, args.review, args.decline)?;
     let url = args.url.as_deref().unwrap_or(config.postgres.url.expose());
     let pool = sink::connect(url, 2).await?;
-    let loaded = crate::backtest::load(
-        &pool,
-        args.from,
-        args.to,
-        manifest.feature_names.len(),
-        !args.json,
-    )
-    .await?;
+    let loaded = crate::backtest::load(&pool, args.from, args.to, inputs, !args.json).await?;
     let sweep = args.sweep || args.plot.is_some();
     let replay = match &args.model {
         None => None,

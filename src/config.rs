@@ -63,6 +63,9 @@ pub struct Config {
     /// Live like `[thresholds]`: a changed file takes effect without a restart.
     #[serde(default)]
     pub rules: RulesConfig,
+    /// `riskstream console`, the analysts' review pages; absent = no console.
+    #[serde(default)]
+    pub console: Option<ConsoleConfig>,
     /// The file this configuration was read from, when it was read from one:
     /// the engine watches it for live changes to thresholds and rules.
     #[serde(skip)]
@@ -256,7 +259,56 @@ pub struct ServerConfig {
     pub listen: String,
 }
 
+/// `riskstream console` (see [`crate::console`]).
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ConsoleConfig {
+    /// Loopback by default: put a TLS reverse proxy in front to reach it
+    /// from elsewhere.
+    #[serde(default = "defaults::console_listen")]
+    pub listen: String,
+    /// A Postgres login in riskstream_reviewer: reads what analysts read,
+    /// appends `label_reviews`.
+    pub url: Secret,
+    /// `password`: `users` log in with their password (argon2 hashes here).
+    /// `proxy`: a reverse proxy has authenticated the user and names them in
+    /// `proxy_header`; `users` gives their roles.
+    #[serde(default = "defaults::console_auth")]
+    pub auth: String,
+    #[serde(default = "defaults::proxy_header")]
+    pub proxy_header: String,
+    /// A login lasts this long.
+    #[serde(default = "defaults::session_minutes")]
+    pub session_minutes: u64,
+    #[serde(default)]
+    pub users: Vec<ConsoleUser>,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ConsoleUser {
+    pub name: String,
+    /// `reviewer` (may label) or `read-only`.
+    pub role: String,
+    /// argon2 PHC string (`riskstream console --hash-password`); required
+    /// with `auth = "password"`.
+    #[serde(default)]
+    pub password_hash: Option<Secret>,
+}
+
 mod defaults {
+    pub fn console_listen() -> String {
+        "127.0.0.1:8090".into()
+    }
+    pub fn console_auth() -> String {
+        "password".into()
+    }
+    pub fn proxy_header() -> String {
+        "x-forwarded-user".into()
+    }
+    pub fn session_minutes() -> u64 {
+        12 * 60
+    }
     pub fn group_id() -> String {
         "riskstream".into()
     }
@@ -587,7 +639,87 @@ impl Config {
                 ),
             );
         }
+        if let Some(console) = &self.console {
+            check_console(&mut bad, console);
+        }
         p
+    }
+}
+
+fn check_console(bad: &mut impl FnMut(&str, String), c: &ConsoleConfig) {
+    if c.listen.parse::<std::net::SocketAddr>().is_err() {
+        bad(
+            "console.listen",
+            format!("{:?} is not an address like 127.0.0.1:8090", c.listen),
+        );
+    }
+    if c.url.expose().trim().is_empty() {
+        bad(
+            "console.url",
+            "must name the reviewer's Postgres login".into(),
+        );
+    }
+    let password = c.auth == "password";
+    match c.auth.as_str() {
+        "password" | "proxy" => {}
+        other => bad(
+            "console.auth",
+            format!("{other:?} is not \"password\" or \"proxy\""),
+        ),
+    }
+    if c.auth == "proxy" && axum::http::HeaderName::try_from(c.proxy_header.as_str()).is_err() {
+        bad(
+            "console.proxy_header",
+            format!("{:?} is not an HTTP header name", c.proxy_header),
+        );
+    }
+    if !(1..=7 * 24 * 60).contains(&c.session_minutes) {
+        bad(
+            "console.session_minutes",
+            format!(
+                "must be within 1..=10080 (a week), got {}",
+                c.session_minutes
+            ),
+        );
+    }
+    if password && c.users.is_empty() {
+        bad(
+            "console.users",
+            "auth = \"password\" needs at least one user".into(),
+        );
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    for (i, u) in c.users.iter().enumerate() {
+        let key = format!("console.users[{i}]");
+        if u.name.is_empty() || u.name.len() > 64 || u.name.chars().any(|ch| ch.is_control()) {
+            bad(
+                &format!("{key}.name"),
+                "must be 1 to 64 characters, none of them control characters".into(),
+            );
+        } else if !seen.insert(u.name.as_str()) {
+            bad(
+                &format!("{key}.name"),
+                format!("{:?} is listed twice", u.name),
+            );
+        }
+        if !["reviewer", "read-only"].contains(&u.role.as_str()) {
+            bad(
+                &format!("{key}.role"),
+                format!("{:?} is not \"reviewer\" or \"read-only\"", u.role),
+            );
+        }
+        match &u.password_hash {
+            Some(h) if argon2::password_hash::phc::PasswordHash::new(h.expose()).is_err() => bad(
+                &format!("{key}.password_hash"),
+                "is not an argon2 PHC string (make one with `riskstream console --hash-password`)"
+                    .into(),
+            ),
+            None if password => bad(
+                &format!("{key}.password_hash"),
+                "required with auth = \"password\"".into(),
+            ),
+            _ => {}
+        }
     }
 }
 
@@ -754,6 +886,60 @@ decline = 0.8
 
     fn no_env() -> Vec<(String, String)> {
         vec![]
+    }
+
+    #[test]
+    fn every_console_problem_is_named_and_hashes_stay_secret() {
+        let dir = model_dir();
+        let hash = "$argon2id$v=19$m=19456,t=2,p=1$jOfDTsF0ej2NMM3pde+2/w$NFen/bGf8r8UwdD6EXupc6Qz9mKN6EaagT1DQu6pHiA";
+        let good = format!(
+            "{}\n[console]\nurl = \"postgres://r:pw@h/db\"\n[[console.users]]\nname = \"alice\"\nrole = \"reviewer\"\npassword_hash = \"{hash}\"\n",
+            sample(dir.path())
+        );
+        let c = Config::parse(&good, Path::new("."), no_env()).unwrap();
+        let console = c.console.as_ref().unwrap();
+        assert_eq!(
+            (console.listen.as_str(), console.auth.as_str()),
+            ("127.0.0.1:8090", "password")
+        );
+        assert!(
+            !format!("{c:?}").contains("argon2id"),
+            "hashes are not printed"
+        );
+
+        let bad = format!(
+            r#"{}
+[console]
+listen = "everywhere"
+url = ""
+auth = "magic"
+session_minutes = 0
+[[console.users]]
+name = "alice"
+role = "admin"
+password_hash = "hunter2"
+[[console.users]]
+name = "alice"
+role = "reviewer"
+"#,
+            sample(dir.path())
+        );
+        let Err(ParseFailure::Invalid(problems)) = Config::parse(&bad, Path::new("."), no_env())
+        else {
+            panic!("must be invalid")
+        };
+        let keys: Vec<&str> = problems.iter().map(|p| p.key.as_str()).collect();
+        for want in [
+            "console.listen",
+            "console.url",
+            "console.auth",
+            "console.session_minutes",
+            "console.users[0].role",
+            "console.users[0].password_hash",
+            "console.users[1].name",
+        ] {
+            assert!(keys.contains(&want), "missing {want} in {keys:?}");
+        }
     }
 
     #[test]

@@ -8,6 +8,7 @@ pub mod attention;
 pub mod backtest;
 pub mod cli;
 pub mod config;
+pub mod console;
 pub mod decision;
 pub mod evaluate;
 pub mod event;

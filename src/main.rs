@@ -84,6 +84,14 @@ enum Command {
     /// the stored decisions of a date range, beside what was decided: alerts
     /// per day, review queue, precision, recall, amounts, each rule's firing.
     Backtest(riskstream::cli::BacktestArgs),
+    /// The analysts' web console on [console] listen: review queue, decisions
+    /// with their explanations, labelling, alert quality, what-if.
+    Console {
+        /// Read a password on stdin and print its argon2 hash for
+        /// [[console.users]] password_hash, instead of serving.
+        #[arg(long)]
+        hash_password: bool,
+    },
 }
 
 #[derive(clap::Args)]
@@ -307,5 +315,11 @@ async fn dispatch(cli: Cli) -> Result<ExitCode> {
         Command::Backtest(args) => {
             riskstream::cli::backtest(&Config::load(&cli.config)?, &args).await
         }
+        Command::Console {
+            hash_password: true,
+        } => riskstream::cli::hash_password(),
+        Command::Console {
+            hash_password: false,
+        } => riskstream::cli::console(Config::load(&cli.config)?).await,
     }
 }

@@ -3,8 +3,11 @@
 //!
 //! Rows are the stored decisions of a date range with their score, the
 //! model inputs they were decided on, and their label. A decision counts as
-//! fraud when `labels` says so; everything else counts as legitimate (labels
-//! arrive for frauds, days later: a recent range reads better than it is).
+//! fraud when `labels_in_force` says so (the stream's label, else a
+//! reviewer's from the console); everything else counts as legitimate
+//! (labels arrive for frauds, days later: a recent range reads better than it
+//! is). The `--model` replay reads the stream's `labels` alone, as the engine
+//! did: its features must be the stored decisions' own.
 //! The candidate is decided by the same [`Policy`] code as the stream, so a
 //! backtest and the engine cannot disagree on what a policy means.
 //!
@@ -48,6 +51,30 @@ pub struct Loaded {
     pub to: Option<NaiveDate>,
 }
 
+/// The candidate policy of a backtest: `config`'s thresholds and rules with
+/// the review and decline thresholds overridden, checked as the engine
+/// checks a configuration (every problem named) and compiled against the
+/// model's feature names; with the model's number of inputs.
+pub fn candidate(
+    mut config: crate::config::Config,
+    review: Option<f32>,
+    decline: Option<f32>,
+) -> Result<(Policy, usize)> {
+    let t = &mut config.thresholds;
+    t.review = review.unwrap_or(t.review);
+    t.decline = decline.unwrap_or(t.decline);
+    let manifest = crate::scoring::Manifest::read(&config.model.dir)?;
+    let mut problems = config.validate();
+    match Policy::compile(&config.thresholds, &config.rules, &manifest.feature_names) {
+        Ok(policy) if problems.is_empty() => Ok((policy, manifest.feature_names.len())),
+        Ok(_) => anyhow::bail!("the candidate: {}", crate::config::listed(&problems, "; ")),
+        Err(more) => {
+            problems.extend(more);
+            anyhow::bail!("the candidate: {}", crate::config::listed(&problems, "; "))
+        }
+    }
+}
+
 /// Decisions with `ts` in the days `from ..= to` (UTC), each bound optional.
 pub async fn load(
     pool: &PgPool,
@@ -73,7 +100,7 @@ pub async fn load(
     let sql = format!(
         "SELECT {TRANSACTION_COLUMNS}, d.score, d.decision, d.features, d.threshold_version,
                 coalesce(l.is_fraud, false)
-           FROM risk_decisions d LEFT JOIN labels l USING (tx_id)
+           FROM risk_decisions d LEFT JOIN labels_in_force l USING (tx_id)
           WHERE {IN_RANGE}"
     );
     let mut stream = sqlx::query(&sql).bind(start).bind(end).fetch(pool);
