@@ -5,6 +5,7 @@
 #   make screenshots   docs/img/console-*.png from the demo's decisions (headless Chromium)
 #   make test          set everything up; fmt, clippy, then every test (unit + end-to-end on real Kafka/Postgres)
 #   make bench         throughput/latency benchmark vs. the Python baseline -> docs/BENCHMARKS.md
+#   make bench-sql     every README query on SQL_ROWS (10M) synthetic decisions: times and plans -> docs/BENCHMARKS.md (~10 GB, ~20 min)
 #   make train         retrain every committed model from the simulator (needs PyTorch; not used by tests)
 #   make study         the fraud model study: every model/positional encoding, 4 folds -> docs/MODELS.md (~40 min)
 #   make evaluate      handbook-protocol metrics of MODEL on DATA, FOLDS weekly test windows (release build)
@@ -26,7 +27,7 @@ SHELL := bash
 # CARGO_TARGET_DIR and the stack's addresses from scripts/env.sh.
 ENV := source scripts/env.sh &&
 
-.PHONY: help setup stack-up stack-down stack-status stack-reset build demo console screenshots test unit-test integration-test model-check deploy-check lint bench train study evaluate fuzz chaos
+.PHONY: help setup stack-up stack-down stack-status stack-reset build demo console screenshots bench-sql test unit-test integration-test model-check deploy-check lint bench train study evaluate fuzz chaos
 
 help:
 	@sed -n 's/^#   make /make /p' $(firstword $(MAKEFILE_LIST))
@@ -85,6 +86,10 @@ lint: setup
 
 bench: setup stack-up
 	$(ENV) bash bench/run.sh
+
+SQL_ROWS ?= 10000000
+bench-sql: build stack-up
+	$(ENV) .venv/bin/python bench/sql_scale.py --rows $(SQL_ROWS)
 
 train:
 	bash training/train.sh

@@ -14,12 +14,13 @@ fn selects(text: &str) -> Vec<String> {
         match (&mut block, trimmed) {
             (None, "```sql") => block = Some(String::new()),
             (Some(b), "```") => {
-                for statement in b.split(';') {
-                    let sql: String = statement
-                        .lines()
-                        .map(|l| l.split("--").next().unwrap_or(""))
-                        .collect::<Vec<_>>()
-                        .join("\n");
+                // Comments first: a `;` in one must not split a statement.
+                let code: String = b
+                    .lines()
+                    .map(|l| l.split("--").next().unwrap_or(""))
+                    .collect::<Vec<_>>()
+                    .join("\n");
+                for sql in code.split(';') {
                     if sql.trim_start().to_ascii_uppercase().starts_with("SELECT") {
                         out.push(sql.trim().to_owned());
                     }
