@@ -227,6 +227,35 @@ password_hash = "{bob}"
     assert_eq!(b.path().await, "/queue");
     assert_eq!(b.text("#viewer").await, "alice · reviewer");
 
+    // A decision whose id is markup, quotes, a slash and non-ASCII (ids
+    // come from another team's stream): a copy of the newest review, a
+    // second later.
+    let hostile = "<b>x</b>\"'/é&amp;";
+    let source: String = sqlx::query_scalar(
+        "SELECT tx_id FROM risk_decisions WHERE decision = 'review'
+          ORDER BY ts DESC, tx_id DESC LIMIT 1",
+    )
+    .fetch_one(&world.pool)
+    .await
+    .unwrap();
+    for (table, changed) in [
+        (
+            "risk_decisions",
+            "jsonb_build_object('tx_id', $1, 'ts', d.ts + interval '1 second')",
+        ),
+        ("attention_explanations", "jsonb_build_object('tx_id', $1)"),
+    ] {
+        sqlx::query(&format!(
+            "INSERT INTO {table}
+             SELECT (jsonb_populate_record(d, {changed})).* FROM {table} d WHERE d.tx_id = $2"
+        ))
+        .bind(hostile)
+        .bind(&source)
+        .execute(&world.pool)
+        .await
+        .unwrap();
+    }
+
     // The queue is the review decisions, newest first, 50 a page.
     let newest: Vec<String> = sqlx::query_scalar(
         "SELECT tx_id FROM risk_decisions WHERE decision = 'review'
@@ -240,7 +269,14 @@ password_hash = "{bob}"
         "the run left too few reviews: {}",
         newest.len()
     );
+    b.client.goto(&format!("{base}/queue")).await.unwrap();
     assert_eq!(b.column("table.queue tbody tr", 2).await, newest);
+    assert_eq!(newest[0], hostile, "the copy is the newest");
+    // Its link leads to its page, where the id reads as it is.
+    b.click("table.queue tbody tr:first-child a.tx").await;
+    b.wait_for("#feature-attention").await;
+    assert_eq!(b.text("h1 .tx").await, hostile);
+    b.client.goto(&format!("{base}/queue")).await.unwrap();
 
     // Filtered by channel through the form: only that channel, as many as SQL says.
     let ecom: Vec<String> = sqlx::query_scalar(
@@ -277,7 +313,7 @@ password_hash = "{bob}"
            FROM risk_decisions d JOIN attention_explanations e USING (tx_id)
            JOIN model_versions m ON m.name = d.model_name AND m.version = d.model_version
           WHERE d.decision = 'review' AND NOT EXISTS (SELECT FROM labels l WHERE l.tx_id = d.tx_id)
-            AND e.history_tx_ids[1] IS NOT NULL
+            AND e.history_tx_ids[1] IS NOT NULL AND d.tx_id NOT LIKE '<%'
           ORDER BY d.ts DESC LIMIT 1",
     )
     .fetch_one(&world.pool)
