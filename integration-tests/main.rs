@@ -27,4 +27,5 @@ mod secured;
 mod seen;
 mod serve;
 mod sink;
+mod summaries;
 mod zoo;

@@ -66,6 +66,9 @@ echo "Engine metrics (http://127.0.0.1:9464/metrics):"
 curl -s http://127.0.0.1:9464/metrics | grep -E '^riskstream_(decisions_total|dead_letters_total|labels_total|incomplete)' || true
 kill -TERM "$ENGINE"; wait "$ENGINE" || true; trap - EXIT
 echo "(all decided within ${ELAPSED}s of the producer finishing; engine log: $LOG)"
+# The closed days into the daily summaries the analyst views read (a timer or
+# the console does this every minute in production).
+"$BIN" summarise
 echo
 RISKSTREAM_POSTGRES__URL="$ANALYST_URL" "$BIN" report
 echo

@@ -60,6 +60,19 @@ pub async fn serve_models(opts: serve::v2::Options) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// `riskstream summarise`: `refresh_summaries()` (migration
+/// `20261203000003_daily_summaries.sql`) as the engine's login.
+pub async fn summarise(config: &Config, recheck_days: i32) -> Result<ExitCode> {
+    let pool = sink::connect(config.postgres.url.expose(), 1).await?;
+    let started = std::time::Instant::now();
+    let days = sink::refresh_summaries(&pool, recheck_days).await?;
+    println!(
+        "{days} day(s) summarised in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
 /// `riskstream console`: the analysts' pages (see [`crate::console`]) until
 /// SIGINT/SIGTERM.
 pub async fn console(config: Config) -> Result<ExitCode> {

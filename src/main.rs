@@ -84,6 +84,15 @@ enum Command {
     /// the stored decisions of a date range, beside what was decided: alerts
     /// per day, review queue, precision, recall, amounts, each rule's firing.
     Backtest(riskstream::cli::BacktestArgs),
+    /// Summarise the closed days for the analyst views (daily_alerts,
+    /// alert_quality, versions_in_force): the days closed, labelled or changed
+    /// since the last time. Run it on a timer (the console also does).
+    Summarise {
+        /// Also re-count this many days before the last summarised one for
+        /// late decisions.
+        #[arg(long, default_value_t = 7)]
+        recheck_days: i32,
+    },
     /// The analysts' web console on [console] listen: review queue, decisions
     /// with their explanations, labelling, alert quality, what-if.
     Console {
@@ -314,6 +323,9 @@ async fn dispatch(cli: Cli) -> Result<ExitCode> {
         }
         Command::Backtest(args) => {
             riskstream::cli::backtest(&Config::load(&cli.config)?, &args).await
+        }
+        Command::Summarise { recheck_days } => {
+            riskstream::cli::summarise(&Config::load(&cli.config)?, recheck_days).await
         }
         Command::Console {
             hash_password: true,

@@ -375,6 +375,10 @@ pub async fn label(
         )));
     }
     tracing::info!(tx_id, reviewer = viewer.name, is_fraud, "decision labelled");
+    // The quality figures count it now, not at the next minute's refresh.
+    if let Err(e) = crate::sink::refresh_summaries(&c.pool, 0).await {
+        tracing::warn!(error = %e, "daily summaries not refreshed after a label");
+    }
     Ok(Redirect::to(&format!(
         "/decisions/{}?labelled=1",
         super::queue::encode(&tx_id)

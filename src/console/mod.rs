@@ -66,6 +66,10 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> Result<()> {
         config_path: config.path.clone(),
         config,
     });
+    tokio::spawn(summarise_every_minute(
+        console.pool.clone(),
+        shutdown.clone(),
+    ));
     let app = router(console);
     let listener = tokio::net::TcpListener::bind(&c.listen)
         .await
@@ -75,6 +79,23 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> Result<()> {
         .with_graceful_shutdown(async move { shutdown.cancelled().await })
         .await?;
     Ok(())
+}
+
+/// Keep the daily summaries the quality pages read current: the days that
+/// closed, were labelled or changed since the last minute.
+async fn summarise_every_minute(pool: PgPool, shutdown: CancellationToken) {
+    let mut every = tokio::time::interval(std::time::Duration::from_secs(60));
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = every.tick() => {}
+        }
+        match crate::sink::refresh_summaries(&pool, 7).await {
+            Ok(0) => {}
+            Ok(days) => tracing::info!(days, "daily summaries refreshed"),
+            Err(e) => tracing::warn!(error = %e, "daily summaries not refreshed"),
+        }
+    }
 }
 
 /// Fail at start, not at the first page: the schema must have the review
