@@ -12,7 +12,7 @@ use argon2::password_hash::{phc::PasswordHash, PasswordHasher, PasswordVerifier}
 use argon2::Argon2;
 use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
-use axum::http::{header, HeaderName};
+use axum::http::{header, HeaderMap, HeaderName};
 use axum::response::{IntoResponse, Redirect, Response};
 use rand::RngCore;
 use sha2::{Digest, Sha256};
@@ -172,7 +172,7 @@ impl Auth {
     fn viewer(&self, parts: &Parts) -> Result<Viewer, Refusal> {
         match &self.mode {
             Mode::Password => {
-                let token = session_cookie(parts).ok_or(Refusal::LogIn)?;
+                let token = session_cookie(&parts.headers).ok_or(Refusal::LogIn)?;
                 let sessions = self.sessions.lock().expect("sessions lock");
                 let s = sessions
                     .get(token)
@@ -215,9 +215,8 @@ impl Auth {
 }
 
 /// The session token of a request's cookie.
-pub fn session_cookie(parts: &Parts) -> Option<&str> {
-    parts
-        .headers
+pub fn session_cookie(headers: &HeaderMap) -> Option<&str> {
+    headers
         .get_all(header::COOKIE)
         .iter()
         .filter_map(|v| v.to_str().ok())

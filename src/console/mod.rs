@@ -32,6 +32,7 @@ use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{Html, IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 use axum::Router;
+use chrono::NaiveDate;
 use serde::Deserialize;
 use sqlx::PgPool;
 use std::path::PathBuf;
@@ -223,6 +224,45 @@ fn given(v: &Option<String>) -> Option<&str> {
     v.as_deref().map(str::trim).filter(|s| !s.is_empty())
 }
 
+/// `from ..= to` from a form, by default the last `default_days` days up to
+/// the newest decision's.
+async fn date_range(
+    c: &Shared,
+    from: &Option<String>,
+    to: &Option<String>,
+    default_days: i64,
+) -> Result<(NaiveDate, NaiveDate), PageError> {
+    let mut problems = Vec::new();
+    let mut date = |name: &str, v: &Option<String>| {
+        given(v).and_then(|s| {
+            s.parse::<NaiveDate>()
+                .map_err(|_| problems.push(format!("{name}: {s:?} is not a date like 2026-12-01")))
+                .ok()
+        })
+    };
+    let (from, to) = (date("from", from), date("to", to));
+    if !problems.is_empty() {
+        return Err(PageError::BadRequest(problems));
+    }
+    let to = match to {
+        Some(t) => t,
+        None => {
+            let last: Option<chrono::DateTime<chrono::Utc>> =
+                sqlx::query_scalar("SELECT max(ts) FROM risk_decisions")
+                    .fetch_one(&c.pool)
+                    .await?;
+            last.map_or_else(|| chrono::Utc::now().date_naive(), |t| t.date_naive())
+        }
+    };
+    let from = from.unwrap_or(to - chrono::Days::new(default_days as u64 - 1));
+    if from > to {
+        return Err(PageError::BadRequest(vec![format!(
+            "from ({from}) is after to ({to})"
+        )]));
+    }
+    Ok((from, to))
+}
+
 /// The CSRF token of a form must be the viewer's.
 fn check_csrf(viewer: &Viewer, sent: &str) -> Result<(), PageError> {
     if sent == viewer.csrf {
@@ -304,9 +344,7 @@ async fn logout(
     Form(f): Form<CsrfForm>,
 ) -> Result<Response, PageError> {
     check_csrf(&viewer, &f.csrf)?;
-    let mut parts = axum::http::Request::new(()).into_parts().0;
-    parts.headers = headers;
-    if let Some(token) = auth::session_cookie(&parts) {
+    if let Some(token) = auth::session_cookie(&headers) {
         c.auth.logout(token);
     }
     let clear = format!(

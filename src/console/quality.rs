@@ -3,7 +3,7 @@
 //! `alert_quality_by_version`).
 
 use super::charts::{self, Series};
-use super::{given, html, Nav, PageError, Shared, Viewer};
+use super::{date_range, html, Nav, PageError, Shared, Viewer};
 use askama::Template;
 use axum::extract::{Query, State};
 use axum::response::Html;
@@ -49,50 +49,12 @@ struct QualityPage {
     rows: Vec<QualityRow>,
 }
 
-/// `from ..= to` from the form, by default the last 30 days that have decisions.
-pub(super) async fn range(
-    c: &Shared,
-    from: &Option<String>,
-    to: &Option<String>,
-    default_days: i64,
-) -> Result<(NaiveDate, NaiveDate), PageError> {
-    let mut problems = Vec::new();
-    let mut date = |name: &str, v: &Option<String>| {
-        given(v).and_then(|s| {
-            s.parse::<NaiveDate>()
-                .map_err(|_| problems.push(format!("{name}: {s:?} is not a date like 2026-12-01")))
-                .ok()
-        })
-    };
-    let (from, to) = (date("from", from), date("to", to));
-    if !problems.is_empty() {
-        return Err(PageError::BadRequest(problems));
-    }
-    let to = match to {
-        Some(t) => t,
-        None => {
-            let last: Option<chrono::DateTime<chrono::Utc>> =
-                sqlx::query_scalar("SELECT max(ts) FROM risk_decisions")
-                    .fetch_one(&c.pool)
-                    .await?;
-            last.map_or_else(|| chrono::Utc::now().date_naive(), |t| t.date_naive())
-        }
-    };
-    let from = from.unwrap_or(to - chrono::Days::new(default_days as u64 - 1));
-    if from > to {
-        return Err(PageError::BadRequest(vec![format!(
-            "from ({from}) is after to ({to})"
-        )]));
-    }
-    Ok((from, to))
-}
-
 pub async fn page(
     State(c): State<Shared>,
     viewer: Viewer,
     Query(q): Query<Range>,
 ) -> Result<Html<String>, PageError> {
-    let (from, to) = range(&c, &q.from, &q.to, 30).await?;
+    let (from, to) = date_range(&c, &q.from, &q.to, 30).await?;
     let rows: Vec<QualityRow> = sqlx::query(
         "SELECT day, model || ' · policy v' || threshold_version, decisions, alerts, true_alerts,
                 frauds, precision::float8, recall::float8

@@ -3,8 +3,7 @@
 //! at once) with the review and decline thresholds from the form; the figures
 //! and the sweep's curve are the backtest's own ([`crate::backtest`]).
 
-use super::quality::range;
-use super::{given, html, Nav, PageError, Shared, Viewer};
+use super::{date_range, given, html, Nav, PageError, Shared, Viewer};
 use crate::backtest::{self, Figures};
 use crate::config::Config;
 use askama::Template;
@@ -50,7 +49,7 @@ pub async fn page(
     viewer: Viewer,
     Query(f): Query<Form>,
 ) -> Result<Html<String>, PageError> {
-    let (from, to) = range(&c, &f.from, &f.to, 7).await?;
+    let (from, to) = date_range(&c, &f.from, &f.to, 7).await?;
     let config = match &c.config_path {
         Some(path) => Config::load(path)
             .map_err(|e| PageError::BadRequest(vec![format!("the engine's configuration: {e}")]))?,
