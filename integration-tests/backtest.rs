@@ -5,7 +5,7 @@ use crate::common::World;
 use serde_json::Value;
 use sqlx::Row;
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 fn backtest(config: &std::path::Path, args: &[&str]) -> Value {
     let out = Command::new(env!("CARGO_BIN_EXE_riskstream"))
@@ -29,14 +29,7 @@ async fn backtest_figures_equal_sql_on_the_same_rows() {
     world
         .wait_until_done(&mut [&mut engine], Duration::from_secs(240))
         .await;
-    let started = Instant::now();
-    while world.count("SELECT count(*) FROM labels").await < labels as i64 {
-        assert!(
-            started.elapsed() < Duration::from_secs(60),
-            "labels not all stored"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    world.wait_for_labels(labels).await;
     assert!(engine.terminate().success());
 
     // The busiest card goes on a block list; a rule on amount and the card's

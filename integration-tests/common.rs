@@ -360,6 +360,18 @@ listen = ""
     }
 
     /// Wait until at least `n` decisions are committed (the engine must stay up).
+    /// Wait (up to 60 s) until `n` labels are stored.
+    pub async fn wait_for_labels(&self, n: u64) {
+        let started = Instant::now();
+        while self.count("SELECT count(*) FROM labels").await < n as i64 {
+            assert!(
+                started.elapsed() < Duration::from_secs(60),
+                "labels not all stored"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
     pub async fn wait_for_decisions(&self, engine: &mut Engine, n: i64, timeout: Duration) {
         let started = Instant::now();
         while self.count("SELECT count(*) FROM risk_decisions").await < n {

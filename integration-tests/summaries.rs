@@ -5,7 +5,7 @@
 
 use crate::common::World;
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// Each view beside its figures computed from every decision (the views'
 /// definitions before the summaries, with UTC days).
@@ -131,14 +131,7 @@ async fn views_on_summaries_equal_the_figures_of_every_decision() {
     world
         .wait_until_done(&mut [&mut engine], Duration::from_secs(240))
         .await;
-    let started = Instant::now();
-    while world.count("SELECT count(*) FROM labels").await < labels as i64 {
-        assert!(
-            started.elapsed() < Duration::from_secs(60),
-            "labels not all stored"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    world.wait_for_labels(labels).await;
     assert!(engine.terminate().success());
 
     // Nothing summarised yet: every day is aggregated live.
