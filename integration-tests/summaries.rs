@@ -137,14 +137,14 @@ async fn views_on_summaries_equal_the_figures_of_every_decision() {
     // Nothing summarised yet: every day is aggregated live.
     assert_views_exact(&world, "before any summary").await;
 
-    // The engine's login summarises every closed day: all but the newest.
+    // The engine's login summarises every day.
     let days: i64 = world
         .count(
-            "SELECT (max(ts AT TIME ZONE 'UTC')::date - min(ts AT TIME ZONE 'UTC')::date)::bigint
+            "SELECT (max(ts AT TIME ZONE 'UTC')::date - min(ts AT TIME ZONE 'UTC')::date + 1)::bigint
                FROM risk_decisions",
         )
         .await;
-    assert!(days >= 3, "the stream spans too few days: {}", days + 1);
+    assert!(days >= 3, "the stream spans too few days: {days}");
     assert_eq!(summarise(&world), days);
     assert_eq!(
         world
@@ -153,10 +153,28 @@ async fn views_on_summaries_equal_the_figures_of_every_decision() {
                       - (SELECT through FROM summary_state))::bigint"
             )
             .await,
-        1
+        0
     );
     assert!(world.count("SELECT count(*) FROM decision_days").await > 0);
     assert_views_exact(&world, "after the first summary").await;
+
+    let late = |id: &'static str, day: &'static str| {
+        let pool = world.pool.clone();
+        async move {
+            sqlx::query(&format!(
+                "INSERT INTO risk_decisions
+                 SELECT (jsonb_populate_record(d, jsonb_build_object('tx_id', '{id}',
+                         'ts', ({day})::timestamp AT TIME ZONE 'UTC' + interval '1 hour'))).*
+                   FROM risk_decisions d ORDER BY ts LIMIT 1"
+            ))
+            .execute(&pool)
+            .await
+            .unwrap();
+        }
+    };
+    // A decision on a day after the summarised ones is counted live.
+    late("next-day", "(SELECT through + 1 FROM summary_state)").await;
+    assert_views_exact(&world, "with a day not summarised yet").await;
 
     // A review calls an approved decision of the first day fraud, a stream
     // label another one, and a late decision lands on the second day.
@@ -179,20 +197,6 @@ async fn views_on_summaries_equal_the_figures_of_every_decision() {
     .execute(&world.pool)
     .await
     .unwrap();
-    let late = |id: &'static str, day: &'static str| {
-        let pool = world.pool.clone();
-        async move {
-            sqlx::query(&format!(
-                "INSERT INTO risk_decisions
-                 SELECT (jsonb_populate_record(d, jsonb_build_object('tx_id', '{id}',
-                         'ts', ({day})::timestamp AT TIME ZONE 'UTC' + interval '1 hour'))).*
-                   FROM risk_decisions d ORDER BY ts LIMIT 1"
-            ))
-            .execute(&pool)
-            .await
-            .unwrap();
-        }
-    };
     // A partition a day behind: a decision for the day before the last summarised one.
     late("late-1", "(SELECT through - 1 FROM summary_state)").await;
     assert!(

@@ -1,23 +1,26 @@
 -- Daily summaries, so that the analyst views stay fast as decisions pile up
 -- (issue 13). daily_alerts, alert_quality, alert_quality_by_version,
 -- versions_in_force and shadow_comparison aggregated every decision: 6-12 s
--- each at 10M decisions (bench/sql_scale.py). Closed days (UTC) are now
--- summarised once, per model, policy version and decision, into
--- decision_days (and shadow_days) by refresh_summaries();
--- each view reads the summaries up to summary_state.through and aggregates
--- only the decisions after it (an index range scan on ts).
+-- each at 10M decisions (bench/sql_scale.py). Days (UTC) are now summarised
+-- per model, policy version and decision into decision_days (and
+-- shadow_days) by refresh_summaries(), run every minute (the console, a
+-- timer); each view reads the summaries up to summary_state.through and
+-- aggregates live only the decisions of later days (an index range scan on
+-- ts; usually none).
 --
--- Exact as of the last refresh. A refresh re-summarises the days that
--- closed since, the days that received labels or reviews since (with five minutes
--- of overlap, for transactions that committed late), and the days of the last
--- `recheck_days` whose decision count no longer matches (a partition that
--- was behind delivering late decisions). Before the first refresh everything
--- is aggregated live, exactly as before. Days are UTC days everywhere (they
--- were the session time zone's before).
+-- Exact as of the last refresh. A refresh summarises the days new since the
+-- last one, the days that received labels or reviews since (with five
+-- minutes of overlap, for transactions that committed late), and the days
+-- of the last `recheck_days` whose decision count no longer matches (the
+-- day still filling; a partition that was behind delivering late
+-- decisions). Before the first refresh everything is aggregated live,
+-- exactly as before. Days are UTC days everywhere (they were the session
+-- time zone's before).
 
 CREATE TABLE summary_state (
     singleton    boolean     PRIMARY KEY DEFAULT true CHECK (singleton),
-    -- every day up to this one is in decision_days; NULL: nothing summarised yet
+    -- every day up to this one is in decision_days (as of refreshed_at);
+    -- NULL: nothing summarised yet
     through      date,
     -- labels and reviews of summarised days before this time are counted
     refreshed_at timestamptz
@@ -86,7 +89,7 @@ RETURNS SETOF shadow_days LANGUAGE sql STABLE AS $$
      GROUP BY 1, 2, 3
 $$;
 
--- Summaries of the closed days, the open days live.
+-- The summarised days, and the days after them live.
 CREATE VIEW decision_days_in_force AS
 SELECT s.*
   FROM decision_days s, summary_state st
@@ -114,7 +117,8 @@ DECLARE
     newest date;
     first date;
     days date[];
-    d date;
+    lo date;
+    hi date;
     started timestamptz := now();
 BEGIN
     -- One refresh at a time; another one at the same moment has nothing to add.
@@ -122,15 +126,16 @@ BEGIN
         RETURN 0;
     END IF;
     SELECT * INTO st FROM summary_state FOR UPDATE;
-    -- The newest day stays open: decisions still arrive for it.
-    SELECT (min(ts) AT TIME ZONE 'UTC')::date, (max(ts) AT TIME ZONE 'UTC')::date - 1
+    -- Up to the newest day, which is still filling: the count check below
+    -- summarises it again at every refresh while decisions arrive.
+    SELECT (min(ts) AT TIME ZONE 'UTC')::date, (max(ts) AT TIME ZONE 'UTC')::date
       INTO first, newest FROM risk_decisions;
-    IF newest IS NULL OR newest < first THEN
+    IF newest IS NULL THEN
         RETURN 0;
     END IF;
     newest := greatest(newest, st.through);
     SELECT coalesce(array_agg(DISTINCT x.day), '{}') INTO days FROM (
-        -- closed since the last refresh
+        -- new since the last refresh
         SELECT g::date AS day
           FROM generate_series(coalesce(st.through + 1, first), newest, interval '1 day') g
         UNION ALL
@@ -154,16 +159,23 @@ BEGIN
          WHERE s.n IS DISTINCT FROM c.n
     ) x
      WHERE x.day <= newest;
-    FOREACH d IN ARRAY days LOOP
-        DELETE FROM decision_days WHERE day = d;
+    -- Consecutive days in one pass each (the first refresh of a year: one
+    -- pass instead of 365).
+    FOR lo, hi IN
+        SELECT min(day), max(day)
+          FROM (SELECT day, day - (row_number() OVER (ORDER BY day))::integer AS run
+                  FROM unnest(days) AS day) r
+         GROUP BY run
+    LOOP
+        DELETE FROM decision_days WHERE day BETWEEN lo AND hi;
         INSERT INTO decision_days
-        SELECT * FROM decision_days_between(d::timestamp AT TIME ZONE 'UTC',
-                                            (d + 1)::timestamp AT TIME ZONE 'UTC');
+        SELECT * FROM decision_days_between(lo::timestamp AT TIME ZONE 'UTC',
+                                            (hi + 1)::timestamp AT TIME ZONE 'UTC');
         -- Shadow rows commit with their decisions: the same days change.
-        DELETE FROM shadow_days WHERE day = d;
+        DELETE FROM shadow_days WHERE day BETWEEN lo AND hi;
         INSERT INTO shadow_days
-        SELECT * FROM shadow_days_between(d::timestamp AT TIME ZONE 'UTC',
-                                          (d + 1)::timestamp AT TIME ZONE 'UTC');
+        SELECT * FROM shadow_days_between(lo::timestamp AT TIME ZONE 'UTC',
+                                          (hi + 1)::timestamp AT TIME ZONE 'UTC');
     END LOOP;
     UPDATE summary_state SET through = newest, refreshed_at = started;
     RETURN cardinality(days);

@@ -84,9 +84,9 @@ enum Command {
     /// the stored decisions of a date range, beside what was decided: alerts
     /// per day, review queue, precision, recall, amounts, each rule's firing.
     Backtest(riskstream::cli::BacktestArgs),
-    /// Summarise the closed days for the analyst views (daily_alerts,
-    /// alert_quality, versions_in_force): the days closed, labelled or changed
-    /// since the last time. Run it on a timer (the console also does).
+    /// Summarise the days for the analyst views (daily_alerts, alert_quality,
+    /// versions_in_force, shadow_comparison): the days new, labelled or
+    /// changed since the last time. Run it on a timer (the console also does).
     Summarise {
         /// Also re-count this many days before the last summarised one for
         /// late decisions.

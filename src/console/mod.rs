@@ -82,8 +82,8 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> Result<()> {
     Ok(())
 }
 
-/// Keep the daily summaries the quality pages read current: the days that
-/// closed, were labelled or changed since the last minute.
+/// Keep the daily summaries the quality pages read current: the days new,
+/// labelled or changed since the last minute.
 async fn summarise_every_minute(pool: PgPool, shutdown: CancellationToken) {
     let mut every = tokio::time::interval(std::time::Duration::from_secs(60));
     loop {

@@ -133,7 +133,7 @@ pub async fn connect(url: &str, max_connections: u32) -> Result<PgPool, SinkErro
 
 pub use schema::{check_migrations, migrate};
 
-/// Summarise the closed days for the analyst views (`refresh_summaries()`,
+/// Summarise the days for the analyst views (`refresh_summaries()`,
 /// migration `20261203000003_daily_summaries.sql`): the number of days
 /// (re)summarised; 0 while another refresh runs.
 pub async fn refresh_summaries(pool: &PgPool, recheck_days: i32) -> Result<i32, SinkError> {
