@@ -541,3 +541,121 @@ async fn screenshots_of_the_demo() {
     shot("console-what-if.png", 1100).await;
     b.client.clone().close().await.unwrap();
 }
+
+/// One HTTP/1.1 request to the console, as a login proxy would send it:
+/// the status and the body.
+async fn http(
+    port: u16,
+    method: &str,
+    path: &str,
+    user: Option<&str>,
+    body: &str,
+) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    let mut req = format!("{method} {path} HTTP/1.1\r\nhost: 127.0.0.1\r\nconnection: close\r\n");
+    if let Some(u) = user {
+        req.push_str(&format!("x-forwarded-user: {u}\r\n"));
+    }
+    if method == "POST" {
+        req.push_str(&format!(
+            "content-type: application/x-www-form-urlencoded\r\ncontent-length: {}\r\n",
+            body.len()
+        ));
+    }
+    req.push_str("\r\n");
+    req.push_str(body);
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.unwrap();
+    let status = out[9..12].parse().unwrap();
+    (status, out)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn behind_a_login_proxy_the_header_names_the_user_and_the_config_their_role() {
+    let world = World::new("console_proxy", 1).await;
+    let port = free_port();
+    std::fs::write(
+        &world.config_path,
+        world.config_text(
+            1,
+            &format!(
+                r#"
+[console]
+listen = "127.0.0.1:{port}"
+url = "{url}"
+auth = "proxy"
+
+[[console.users]]
+name = "alice"
+role = "reviewer"
+
+[[console.users]]
+name = "bob"
+role = "read-only"
+"#,
+                url = url_as(REVIEWER, &world.name),
+            ),
+        ),
+    )
+    .unwrap();
+    let log = world.dir.path().join("console.log");
+    let _console = spawn(
+        env!("CARGO_BIN_EXE_riskstream"),
+        &["--config", world.config_path.to_str().unwrap(), "console"],
+        &log,
+    );
+    wait_for_port(port, "the console", &log).await;
+
+    let (status, page) = http(port, "GET", "/queue", None, "").await;
+    assert_eq!(status, 403);
+    assert!(page.contains("did not name a user"), "{page}");
+    let (status, page) = http(port, "GET", "/queue", Some("mallory"), "").await;
+    assert_eq!(status, 403);
+    assert!(page.contains("is not a console user"), "{page}");
+    let (status, page) = http(port, "GET", "/queue", Some("alice"), "").await;
+    assert_eq!(status, 200);
+    assert!(page.contains("alice · reviewer"));
+    // No password form behind a proxy.
+    let (status, page) = http(port, "GET", "/login", Some("alice"), "").await;
+    assert_eq!(status, 303, "{page}");
+
+    let csrf = |page: &str| {
+        let at = page.find("name=\"csrf\" value=\"").unwrap() + 19;
+        page[at..at + 32].to_owned()
+    };
+    let (_, bobs) = http(port, "GET", "/queue", Some("bob"), "").await;
+    let (status, _) = http(
+        port,
+        "POST",
+        "/decisions/tx-1/label",
+        Some("bob"),
+        &format!("label=fraud&csrf={}", csrf(&bobs)),
+    )
+    .await;
+    assert_eq!(status, 403, "read-only");
+    let (status, _) = http(
+        port,
+        "POST",
+        "/decisions/tx-1/label",
+        Some("alice"),
+        &format!("label=fraud&csrf={}", csrf(&bobs)),
+    )
+    .await;
+    assert_eq!(status, 403, "another user's CSRF token");
+    let (_, alices) = http(port, "GET", "/queue", Some("alice"), "").await;
+    let (status, page) = http(
+        port,
+        "POST",
+        "/decisions/tx-1/label",
+        Some("alice"),
+        &format!("label=fraud&csrf={}", csrf(&alices)),
+    )
+    .await;
+    assert_eq!(status, 404, "no such decision: {page}");
+    assert_eq!(world.count("SELECT count(*) FROM label_reviews").await, 0);
+    world.drop_database().await;
+}
