@@ -5,7 +5,7 @@
 #   make screenshots   docs/img/console-*.png from the demo's decisions (headless Chromium)
 #   make test          set everything up; fmt, clippy, then every test (unit + end-to-end on real Kafka/Postgres)
 #   make bench         throughput/latency benchmark vs. the Python baseline -> docs/BENCHMARKS.md
-#   make bench-sql     every README query on SQL_ROWS (10M) synthetic decisions: times and plans -> docs/BENCHMARKS.md (~10 GB, ~20 min)
+#   make bench-sql     every README query on SQL_ROWS (10M) synthetic decisions: times and plans -> docs/BENCHMARKS.md (~10 GB, ~12 min)
 #   make train         retrain every committed model from the simulator (needs PyTorch; not used by tests)
 #   make study         the fraud model study: every model/positional encoding, 4 folds -> docs/MODELS.md (~40 min)
 #   make evaluate      handbook-protocol metrics of MODEL on DATA, FOLDS weekly test windows (release build)

@@ -240,7 +240,7 @@ def main() -> None:
     ap.add_argument("--rows", type=int, default=10_000_000)
     ap.add_argument("--chunk", type=int, default=1_000_000)
     ap.add_argument("--db", default="riskstream_sql_scale")
-    ap.add_argument("--keep", action="store_true", help="keep the database (~8 GB at 10M)")
+    ap.add_argument("--keep", action="store_true", help="keep the database (~10 GB at 10M)")
     ap.add_argument("--reuse", action="store_true", help="measure an existing --db without loading")
     ap.add_argument("--no-summaries", action="store_true",
                     help="do not run refresh_summaries(): the views aggregate every decision")
