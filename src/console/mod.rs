@@ -99,21 +99,18 @@ async fn summarise_every_minute(pool: PgPool, shutdown: CancellationToken) {
     }
 }
 
-/// Fail at start, not at the first page: the schema must have the review
-/// table, and a console with reviewers must be able to write it.
+/// Fail at start, not at the first page: the schema must be this binary's
+/// (the engine's own check), and a console with reviewers must be able to
+/// write reviews.
 async fn check_database(pool: &PgPool, c: &crate::config::ConsoleConfig) -> Result<()> {
-    let (exists, may_insert): (bool, bool) = sqlx::query_as(
-        "SELECT to_regclass('public.label_reviews') IS NOT NULL,
-                to_regclass('public.label_reviews') IS NOT NULL
-                AND has_table_privilege('public.label_reviews', 'INSERT')",
-    )
-    .fetch_one(pool)
-    .await
-    .context("read the schema")?;
-    anyhow::ensure!(
-        exists,
-        "table label_reviews is missing: run `riskstream migrate` first"
-    );
+    crate::sink::check_migrations(pool)
+        .await
+        .context("console.url's database")?;
+    let may_insert: bool =
+        sqlx::query_scalar("SELECT has_table_privilege('public.label_reviews', 'INSERT')")
+            .fetch_one(pool)
+            .await
+            .context("read the privileges")?;
     let reviewers = c.users.iter().filter(|u| u.role == "reviewer").count();
     anyhow::ensure!(
         may_insert || reviewers == 0,
