@@ -310,9 +310,19 @@ listen = ""
             .unwrap();
         let mut out = BTreeMap::new();
         for p in md.topics()[0].partitions() {
-            let (_, high) = c
-                .fetch_watermarks(topic, p.id(), Duration::from_secs(10))
-                .unwrap();
+            // Just after a broker restart the partitions may have no leader
+            // yet (NotLeaderForPartition): ask again until they do.
+            let deadline = Instant::now() + Duration::from_secs(60);
+            let high = loop {
+                match c.fetch_watermarks(topic, p.id(), Duration::from_secs(10)) {
+                    Ok((_, high)) => break high,
+                    Err(e) if Instant::now() < deadline => {
+                        eprintln!("end offsets of {topic}/{}: {e}; asking again", p.id());
+                        std::thread::sleep(Duration::from_millis(500));
+                    }
+                    Err(e) => panic!("end offsets of {topic}/{}: {e}", p.id()),
+                }
+            };
             out.insert(p.id(), high);
         }
         out
