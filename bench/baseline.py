@@ -515,23 +515,33 @@ CREATE TEMP TABLE decision_stage (
 """
 
 INSERT_DECISIONS = """
-WITH inserted AS (
+WITH claimed AS (  -- decision_ids: the unique tx_id the day partitions cannot have
+    INSERT INTO decision_ids (tx_id, ts)
+    SELECT tx_id, timestamptz 'epoch' + ts_ms * interval '1 ms'
+      FROM decision_stage ORDER BY ord  -- the first of several rows with one tx_id wins
+    ON CONFLICT (tx_id) DO NOTHING
+    RETURNING tx_id),
+inserted AS (
     INSERT INTO risk_decisions (tx_id, ts, card_id, terminal_id, amount, currency, mcc, channel, country,
             score, decision, model_name, model_version, model_sha256, threshold_version, features,
             state_complete, source_topic, source_partition, source_offset, kafka_ts)
-    SELECT tx_id, timestamptz 'epoch' + ts_ms * interval '1 ms', card_id, terminal_id, amount::numeric(14, 2),
+    SELECT DISTINCT ON (tx_id)
+           tx_id, timestamptz 'epoch' + ts_ms * interval '1 ms', card_id, terminal_id, amount::numeric(14, 2),
            currency, mcc, channel, country, score, decision, %(name)s, %(version)s, %(sha256)s,
            %(threshold_version)s, features, state_complete, %(topic)s, source_partition, source_offset,
            timestamptz 'epoch' + kafka_ts_ms * interval '1 ms'
-      FROM decision_stage ORDER BY ord  -- the first of several rows with one tx_id wins
-    ON CONFLICT (tx_id) DO NOTHING
-    RETURNING source_partition, source_offset),
+      FROM decision_stage JOIN claimed USING (tx_id) ORDER BY tx_id, ord
+    RETURNING source_partition, source_offset, ts),
 explained AS (
-    INSERT INTO attention_explanations (tx_id, feature_weights, history_tx_ids, history_weights)
-    SELECT s.tx_id, s.feature_weights, s.history_tx_ids, s.history_weights
+    INSERT INTO attention_explanations (tx_id, feature_weights, history_tx_ids, history_weights, ts)
+    SELECT s.tx_id, s.feature_weights, s.history_tx_ids, s.history_weights, i.ts
       FROM decision_stage s JOIN inserted i USING (source_partition, source_offset))
 SELECT source_partition, source_offset FROM inserted
 """
+
+# The engine creates the day partitions of a batch's days before its transaction
+# (src/sink/partitions.rs); so does the baseline.
+CREATE_DAY_PARTITIONS = "SELECT create_decision_partitions(%s::date[])"
 
 UPSERT_OFFSET = """
 INSERT INTO kafka_offsets (consumer_group, topic, partition, next_offset, max_event_ts)
@@ -633,6 +643,7 @@ class Baseline:
         self.terminals = TerminalStats()
 
         self.db = psycopg.connect(args.db_url, autocommit=True)
+        self.days_with_partitions: set[int] = set()
         apply_migrations(self.db)
         self.db.execute(STAGE_DDL)
         m = self.scorer.manifest
@@ -788,10 +799,20 @@ class Baseline:
             copy.write(stage.write_csv(include_header=False))
         return set(cur.execute(INSERT_DECISIONS, self.provenance).fetchall())
 
+    def ensure_day_partitions(self, txs: pl.DataFrame):
+        """The batch's days' partitions, created outside its transaction (as the engine does)."""
+        days = set((txs["ts"] // MS_PER_DAY).unique().to_list()) - self.days_with_partitions
+        if days:
+            self.db.execute(CREATE_DAY_PARTITIONS,
+                            [[dt.date(1970, 1, 1) + dt.timedelta(days=d) for d in sorted(days)]])
+            self.days_with_partitions |= days
+
     def write(self, b: Batch, txs: pl.DataFrame, x: Features | None, scored, complete: bool) -> int:
         """Everything the batch produced and its offsets, in one transaction. Returns decisions written."""
         dead = list(b.dead_letters)
         written = 0
+        if b.txs:
+            self.ensure_day_partitions(txs)
         with self.db.transaction(), self.db.cursor() as cur:
             if b.txs:
                 decisions = self.thresholds.decide(scored[0], txs["channel"].to_list())

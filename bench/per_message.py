@@ -61,21 +61,27 @@ RECHUNK_AFTER = 32
 # One decision_stage row (baseline.decision_stage), with the conversions of
 # baseline.INSERT_DECISIONS, so the stored values are the same.
 INSERT_DECISION = """
+WITH claimed AS (  -- decision_ids: the unique tx_id the day partitions cannot have
+    INSERT INTO decision_ids (tx_id, ts)
+    VALUES (%(tx_id)s, timestamptz 'epoch' + %(ts_ms)s::bigint * interval '1 ms')
+    ON CONFLICT (tx_id) DO NOTHING
+    RETURNING tx_id, ts)
 INSERT INTO risk_decisions (tx_id, ts, card_id, terminal_id, amount, currency, mcc, channel, country,
         score, decision, model_name, model_version, model_sha256, threshold_version, features,
         state_complete, source_topic, source_partition, source_offset, kafka_ts)
-VALUES (%(tx_id)s, timestamptz 'epoch' + %(ts_ms)s::bigint * interval '1 ms', %(card_id)s, %(terminal_id)s,
-        %(amount)s::float8::numeric(14, 2), %(currency)s, %(mcc)s::int, %(channel)s, %(country)s,
-        %(score)s::real, %(decision)s, %(name)s, %(version)s, %(sha256)s, %(threshold_version)s,
-        %(features)s::real[], %(state_complete)s, %(topic)s, %(source_partition)s::int,
-        %(source_offset)s::bigint, timestamptz 'epoch' + %(kafka_ts_ms)s::bigint * interval '1 ms')
-ON CONFLICT (tx_id) DO NOTHING
+SELECT tx_id, ts, %(card_id)s, %(terminal_id)s,
+       %(amount)s::float8::numeric(14, 2), %(currency)s, %(mcc)s::int, %(channel)s, %(country)s,
+       %(score)s::real, %(decision)s, %(name)s, %(version)s, %(sha256)s, %(threshold_version)s,
+       %(features)s::real[], %(state_complete)s, %(topic)s, %(source_partition)s::int,
+       %(source_offset)s::bigint, timestamptz 'epoch' + %(kafka_ts_ms)s::bigint * interval '1 ms'
+  FROM claimed
 RETURNING source_partition, source_offset
 """
 
 INSERT_EXPLANATION = """
-INSERT INTO attention_explanations (tx_id, feature_weights, history_tx_ids, history_weights)
-VALUES (%(tx_id)s, %(feature_weights)s::real[], %(history_tx_ids)s::text[], %(history_weights)s::real[])
+INSERT INTO attention_explanations (tx_id, feature_weights, history_tx_ids, history_weights, ts)
+VALUES (%(tx_id)s, %(feature_weights)s::real[], %(history_tx_ids)s::text[], %(history_weights)s::real[],
+        timestamptz 'epoch' + %(ts_ms)s::bigint * interval '1 ms')
 """
 
 

@@ -74,6 +74,9 @@ def load(conn: psycopg.Connection, rows: int, chunk: int) -> float:
     )
     conn.commit()
     started = time.monotonic()
+    # The year's day partitions, as the engine creates them for its batches.
+    conn.execute("SELECT create_decision_partitions(ARRAY(SELECT generate_series("
+                 "date '2026-01-01', date '2026-12-31', interval '1 day')::date))")
     nf = len(names)
     for lo in range(0, rows, chunk):
         hi = min(rows, lo + chunk)
@@ -110,15 +113,25 @@ def load(conn: psycopg.Connection, rows: int, chunk: int) -> float:
         )
         conn.execute(
             f"""
-            INSERT INTO attention_explanations (tx_id, feature_weights, history_tx_ids, history_weights)
+            INSERT INTO attention_explanations (tx_id, feature_weights, history_tx_ids, history_weights, ts)
             SELECT 'tx-' || lpad(g::text, 9, '0'),
                    (SELECT array_agg(random()::real / {nf}) FROM generate_series(1, {nf})),
                    (SELECT array_agg('tx-' || lpad(greatest(g - k * 97, 1)::text, 9, '0'))
                       FROM generate_series(1, 16) k),
-                   (SELECT array_agg(random()::real / 16) FROM generate_series(1, 16))
+                   (SELECT array_agg(random()::real / 16) FROM generate_series(1, 16)),
+                   timestamptz '2026-01-01' + (g::float8 / %(rows)s) * interval '365 days'
               FROM generate_series(%(lo)s::bigint + 1, %(hi)s) g
             """,
-            {"lo": lo, "hi": hi},
+            {"lo": lo, "hi": hi, "rows": rows},
+        )
+        conn.execute(
+            """
+            INSERT INTO decision_ids (tx_id, ts)
+            SELECT 'tx-' || lpad(g::text, 9, '0'),
+                   timestamptz '2026-01-01' + (g::float8 / %(rows)s) * interval '365 days'
+              FROM generate_series(%(lo)s::bigint + 1, %(hi)s) g
+            """,
+            {"lo": lo, "hi": hi, "rows": rows},
         )
         conn.commit()
         print(f"  {hi:,} / {rows:,} decisions ({time.monotonic() - started:.0f} s)", flush=True)
@@ -144,9 +157,9 @@ def load(conn: psycopg.Connection, rows: int, chunk: int) -> float:
     conn.execute(
         """
         INSERT INTO shadow_decisions (tx_id, model_name, model_version, model_sha256, score,
-                                      decision, threshold_version, feature_weights, history_weights)
+                                      decision, threshold_version, feature_weights, history_weights, ts)
         SELECT tx_id, 'fraud-attention-int8', '2', 'shadow', least(1, score * (0.95 + random() * 0.1))::real,
-               decision, threshold_version, '{}', '{}'
+               decision, threshold_version, '{}', '{}', ts
           FROM risk_decisions WHERE ts >= timestamptz '2026-12-01'
         """
     )

@@ -420,6 +420,7 @@ listen = ""
             .count("SELECT count(*) FROM attention_explanations")
             .await;
         assert_eq!(explained, decisions, "every decision has its explanation");
+        self.assert_in_day_partitions().await;
         let bad_features = self
             .count("SELECT count(*) FROM attention_explanations WHERE abs((SELECT sum(w) FROM unnest(feature_weights) w) - 1) > 1e-4")
             .await;
@@ -548,6 +549,38 @@ listen = ""
     }
 
     /// tx_id → stored features (JSON text), for comparing runs.
+    /// Every decision, explanation and shadow row sits in the partition of
+    /// its UTC day (none in a default partition), with its explanation on
+    /// the same day, and `decision_ids` holds exactly the decided ids.
+    pub async fn assert_in_day_partitions(&self) {
+        for table in [
+            "risk_decisions",
+            "attention_explanations",
+            "shadow_decisions",
+        ] {
+            let misplaced = self
+                .count(&format!(
+                    "SELECT count(*) FROM {table}
+                      WHERE tableoid::regclass::text
+                            <> decision_partition_name('{table}', (ts AT TIME ZONE 'UTC')::date)"
+                ))
+                .await;
+            assert_eq!(misplaced, 0, "{table} rows outside their day's partition");
+        }
+        let unmatched = self
+            .count(
+                "SELECT count(*) FROM risk_decisions d
+                   FULL JOIN attention_explanations e USING (tx_id, ts)
+                   FULL JOIN decision_ids i USING (tx_id, ts)
+                  WHERE d.tx_id IS NULL OR e.tx_id IS NULL OR i.tx_id IS NULL",
+            )
+            .await;
+        assert_eq!(
+            unmatched, 0,
+            "each decision has its explanation and its decision_ids row, on its day"
+        );
+    }
+
     pub async fn features(&self) -> BTreeMap<String, String> {
         sqlx::query("SELECT tx_id, features::text FROM risk_decisions")
             .fetch_all(&self.pool)

@@ -238,16 +238,11 @@ password_hash = "{bob}"
     .fetch_one(&world.pool)
     .await
     .unwrap();
-    for (table, changed) in [
-        (
-            "risk_decisions",
-            "jsonb_build_object('tx_id', $1, 'ts', d.ts + interval '1 second')",
-        ),
-        ("attention_explanations", "jsonb_build_object('tx_id', $1)"),
-    ] {
+    let later = "jsonb_build_object('tx_id', $1, 'ts', d.ts + interval '1 second')";
+    for table in ["decision_ids", "risk_decisions", "attention_explanations"] {
         sqlx::query(&format!(
             "INSERT INTO {table}
-             SELECT (jsonb_populate_record(d, {changed})).* FROM {table} d WHERE d.tx_id = $2"
+             SELECT (jsonb_populate_record(d, {later})).* FROM {table} d WHERE d.tx_id = $2"
         ))
         .bind(hostile)
         .bind(&source)

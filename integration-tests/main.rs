@@ -21,6 +21,7 @@ mod merchant_lm;
 mod migrations;
 mod model_golden;
 mod outages;
+mod partitions;
 mod poison;
 mod privileges;
 mod secured;

@@ -70,3 +70,112 @@ async fn stored_features_move_to_model_input_order() {
     pool.close().await;
     drop_scratch_database(db).await;
 }
+
+/// Decisions, explanations and shadow rows stored before the day partitions
+/// move into their days' partitions with everything readable as before:
+/// the same rows, the views re-created with their grants, every id in
+/// `decision_ids`.
+#[tokio::test]
+async fn stored_decisions_move_into_day_partitions() {
+    let db = "riskstream_it_migrate_partitions";
+    let pool = PgPool::connect(&scratch_database(db, "postgres").await)
+        .await
+        .unwrap();
+    migrations_before(20261204000001).run(&pool).await.unwrap();
+    for sql in [
+        "INSERT INTO model_versions (name, version, sha256, task, feature_names, manifest)
+         VALUES ('m', '1', 'abc', 'fraud', '{a,b}', '{}')",
+        "INSERT INTO threshold_sets (version, content_sha256, thresholds, changed_by)
+         VALUES (1, 'x', '{}', 'test')",
+        // 30 decisions, 7 hours apart: 9 UTC days.
+        "INSERT INTO risk_decisions (tx_id, ts, card_id, terminal_id, amount, score, decision, model_name,
+             model_version, model_sha256, threshold_version, features, state_complete, source_topic,
+             source_partition, source_offset)
+         SELECT 't' || g, timestamptz '2026-01-01 00:00+00' + g * interval '7 hours', 'c' || g % 3, 'm', g,
+                g / 100.0, CASE WHEN g % 5 = 0 THEN 'review' ELSE 'approve' END, 'm', '1', 'abc', 1,
+                '{1,2}', true, 'tx', 0, g
+           FROM generate_series(1, 30) g",
+        "INSERT INTO attention_explanations SELECT tx_id, '{0.25,0.75}', '{}', '{}' FROM risk_decisions",
+        "INSERT INTO shadow_decisions (tx_id, model_name, model_version, model_sha256, score, decision,
+             threshold_version, feature_weights, history_weights)
+         SELECT tx_id, 's', '1', 'def', 0.5, 'review', 1, '{}', '{}' FROM risk_decisions WHERE source_offset % 2 = 0",
+        "INSERT INTO labels (tx_id, is_fraud, reported_at, source_partition, source_offset)
+         VALUES ('t5', true, now(), 0, 1)",
+    ] {
+        sqlx::query(sql).execute(&pool).await.unwrap();
+    }
+    let views = [
+        "SELECT tx_id, top_features FROM decision_reasons",
+        "SELECT * FROM decision_features",
+        "SELECT * FROM daily_alerts",
+        "SELECT * FROM alert_quality",
+        "SELECT * FROM shadow_comparison",
+        "SELECT tx_id, score FROM shadow_decisions",
+    ];
+    let read = |sql: &'static str| {
+        let pool = pool.clone();
+        async move {
+            sqlx::query_scalar::<_, String>(&format!(
+                "SELECT to_jsonb(x)::text FROM ({sql}) x ORDER BY 1"
+            ))
+            .fetch_all(&pool)
+            .await
+            .unwrap()
+        }
+    };
+    let mut before = Vec::new();
+    for v in views {
+        before.push(read(v).await);
+    }
+
+    sink::schema::MIGRATOR.run(&pool).await.unwrap();
+    for (v, want) in views.iter().zip(&before) {
+        assert!(!want.is_empty(), "{v}");
+        assert_eq!(&read(v).await, want, "{v} reads as before");
+    }
+    let count = |sql: &'static str| {
+        let pool = pool.clone();
+        async move {
+            sqlx::query_scalar::<_, i64>(sql)
+                .fetch_one(&pool)
+                .await
+                .unwrap()
+        }
+    };
+    assert_eq!(count("SELECT count(*) FROM decision_ids").await, 30);
+    assert_eq!(
+        count("SELECT count(DISTINCT tableoid) FROM risk_decisions").await,
+        9,
+        "one partition per day"
+    );
+    for table in [
+        "risk_decisions",
+        "attention_explanations",
+        "shadow_decisions",
+    ] {
+        let misplaced: i64 = sqlx::query_scalar(&format!(
+            "SELECT count(*) FROM {table}
+              WHERE tableoid::regclass::text <> decision_partition_name('{table}', (ts AT TIME ZONE 'UTC')::date)"
+        ))
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+        assert_eq!(misplaced, 0, "{table}");
+    }
+    // The grants came along: the analyst reads the views, the writer inserts.
+    let granted: Vec<bool> = sqlx::query_scalar(
+        "SELECT unnest(ARRAY[
+             has_table_privilege('riskstream_analyst', 'decision_reasons', 'SELECT'),
+             has_table_privilege('riskstream_analyst', 'daily_alerts', 'SELECT'),
+             has_table_privilege('riskstream_writer', 'risk_decisions', 'INSERT'),
+             has_table_privilege('riskstream_writer', 'decision_ids', 'INSERT'),
+             has_table_privilege('riskstream_writer', 'shadow_decisions', 'INSERT'),
+             NOT has_table_privilege('riskstream_writer', 'risk_decisions', 'DELETE')])",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    assert!(granted.iter().all(|g| *g), "{granted:?}");
+    pool.close().await;
+    drop_scratch_database(db).await;
+}

@@ -112,20 +112,24 @@ async fn the_writer_inserts_and_advances_offsets_but_never_rewrites_history() {
         "a new owner's claim bumps the epoch (UPDATE on kafka_offsets)"
     );
     let inserts = [
+        // The day's partitions (the sink does this before a batch with a new day).
+        "SELECT create_decision_partitions(ARRAY[date '2026-06-01'])".into(),
+        "INSERT INTO decision_ids (tx_id, ts) VALUES ('tx-1', '2026-06-01 12:00+00')
+         ON CONFLICT (tx_id) DO NOTHING"
+            .into(),
         format!(
             "INSERT INTO risk_decisions (tx_id, ts, card_id, terminal_id, amount, score, decision,
                  model_name, model_version, model_sha256, threshold_version, features, state_complete,
                  source_topic, source_partition, source_offset)
-             VALUES ('tx-1', now(), 'card-1', 'term-1', 12.5, 0.1, 'approve', '{name}', '{version}',
-                     '{sha}', {threshold}, '{{}}', true, '{topic}', 0, 0)
-             ON CONFLICT (tx_id) DO NOTHING",
+             VALUES ('tx-1', '2026-06-01 12:00+00', 'card-1', 'term-1', 12.5, 0.1, 'approve', '{name}',
+                     '{version}', '{sha}', {threshold}, '{{}}', true, '{topic}', 0, 0)",
             name = manifest.name,
             version = manifest.version,
             sha = manifest.sha256,
             threshold = version,
         ),
-        "INSERT INTO attention_explanations (tx_id, feature_weights, history_tx_ids, history_weights)
-         VALUES ('tx-1', '{1}', '{}', '{}')"
+        "INSERT INTO attention_explanations (tx_id, feature_weights, history_tx_ids, history_weights, ts)
+         VALUES ('tx-1', '{1}', '{}', '{}', '2026-06-01 12:00+00')"
             .into(),
         "INSERT INTO labels (tx_id, is_fraud, reported_at, source_partition, source_offset)
          VALUES ('tx-1', true, now(), 0, 0) ON CONFLICT (tx_id) DO NOTHING"
@@ -163,6 +167,11 @@ async fn the_writer_inserts_and_advances_offsets_but_never_rewrites_history() {
         "DELETE FROM labels",
         "UPDATE attention_explanations SET feature_weights = '{0}'",
         "DELETE FROM attention_explanations",
+        "DELETE FROM decision_ids",
+        "UPDATE decision_ids SET ts = now()",
+        "DELETE FROM risk_decisions_p20260601",
+        // Retention deletes decisions: the owner's, not the engine's.
+        "SELECT drop_decision_days_before(date '2026-06-02')",
         "UPDATE dead_letters SET reason = 'fine'",
         "DELETE FROM dead_letters",
         "DELETE FROM kafka_offsets",
@@ -203,6 +212,7 @@ async fn the_writer_inserts_and_advances_offsets_but_never_rewrites_history() {
         ),
         ("SELECT count(*) FROM labels WHERE is_fraud", 1),
         ("SELECT count(*) FROM attention_explanations", 1),
+        ("SELECT count(*) FROM decision_ids", 1),
         (
             "SELECT count(*) FROM dead_letters WHERE reason = 'bad json'",
             1,

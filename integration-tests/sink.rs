@@ -1,7 +1,8 @@
 //! The sink on the real Postgres, below the engine: what its binary COPY
-//! writes reads back as sent, and a tx_id another instance decided meanwhile
-//! (which the featurize stage's check cannot see) turns the COPY into the
-//! INSERT path's duplicate, not a failure.
+//! writes reads back as sent, a tx_id another instance decided meanwhile
+//! (which the featurize stage's check cannot see), or decided before with
+//! another time, turns the COPY into the INSERT path's duplicate, not a
+//! failure, and rows of a day without a partition wait in the default one.
 
 use crate::common::{model_dir, World};
 use chrono::{DateTime, Utc};
@@ -168,20 +169,24 @@ async fn copied_rows_read_back_as_sent_and_a_tx_id_decided_meanwhile_is_a_duplic
     }
 
     // Another instance decided t2 from another offset since this batch's
-    // duplicate check: the COPY is refused, the INSERT path writes t3 and
-    // dead-letters t2, and the offsets still move.
+    // duplicate check, and t1 comes again a day later (another day's
+    // partition: only decision_ids sees it): the COPY is refused, the
+    // INSERT path writes t3 and dead-letters t2 and t1, and the offsets
+    // still move.
+    let mut t1_again = row("t1", 4, 9.0);
+    t1_again.tx.ts += chrono::Duration::days(1);
     let second = sink::write_batch(
         pool,
         "g",
         &p,
         &batch(
-            [row("t2", 2, 5.0), row("t3", 3, 7.129)]
+            [row("t2", 2, 5.0), row("t3", 3, 7.129), t1_again]
                 .map(|r| DecisionRow {
                     threshold_version: version,
                     ..r
                 })
                 .to_vec(),
-            4,
+            5,
         ),
         &dlq,
         Mode::Bulk,
@@ -189,7 +194,7 @@ async fn copied_rows_read_back_as_sent_and_a_tx_id_decided_meanwhile_is_a_duplic
     .await
     .unwrap();
     assert!(second.copy_refused);
-    assert_eq!((second.decisions, second.duplicates), (1, 1));
+    assert_eq!((second.decisions, second.duplicates), (1, 2));
     let stored: Vec<(String, i64, String)> = sqlx::query_as(
         "SELECT tx_id, source_offset, amount::text FROM risk_decisions ORDER BY tx_id",
     )
@@ -236,17 +241,39 @@ async fn copied_rows_read_back_as_sent_and_a_tx_id_decided_meanwhile_is_a_duplic
         .count("SELECT count(*) FROM attention_explanations")
         .await;
     assert_eq!(explained, 3);
-    let dead: Vec<(i64, String)> = sqlx::query_as("SELECT source_offset, reason FROM dead_letters")
-        .fetch_all(pool)
-        .await
-        .unwrap();
-    assert_eq!(dead.len(), 1);
-    assert_eq!(dead[0].0, 2);
-    assert_eq!(dlq.0.lock().unwrap()[0].kind, "duplicate");
+    let dead: Vec<(i64, String)> =
+        sqlx::query_as("SELECT source_offset, reason FROM dead_letters ORDER BY 1")
+            .fetch_all(pool)
+            .await
+            .unwrap();
+    let offsets: Vec<i64> = dead.iter().map(|d| d.0).collect();
+    assert_eq!(offsets, [2, 4]);
+    assert!(dlq.0.lock().unwrap().iter().all(|d| d.kind == "duplicate"));
     let next: i64 =
         sqlx::query_scalar("SELECT next_offset FROM kafka_offsets WHERE consumer_group = 'g'")
             .fetch_one(pool)
             .await
             .unwrap();
-    assert_eq!(next, 4);
+    assert_eq!(next, 5);
+
+    // Nothing created the day's partitions (the engine's commit stage does,
+    // before write_batch): the rows wait in the default partitions, and
+    // creating the day moves them in.
+    let defaults = world
+        .count(
+            "SELECT (SELECT count(*) FROM risk_decisions_default)
+                  + (SELECT count(*) FROM attention_explanations_default)
+                  + (SELECT count(*) FROM shadow_decisions_default)",
+        )
+        .await;
+    assert_eq!(defaults, 3 + 3 + 2);
+    let day = sent[0].tx.ts.date_naive();
+    assert_eq!(sink::partitions::create(pool, &[day]).await.unwrap(), 3);
+    assert_eq!(sink::partitions::create(pool, &[day]).await.unwrap(), 0);
+    world.assert_in_day_partitions().await;
+    assert_eq!(
+        world.count("SELECT count(*) FROM risk_decisions").await,
+        3,
+        "moved, not lost"
+    );
 }

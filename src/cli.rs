@@ -73,6 +73,55 @@ pub async fn summarise(config: &Config, recheck_days: i32) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// `riskstream partitions`: create the day partitions of today and
+/// `[retention] create_ahead_days` after it (as the engine's login), then,
+/// with `[retention] keep_days`, drop the days before the kept ones (as
+/// `postgres.migrate_url`: only the owner deletes decisions).
+pub async fn partitions(config: &Config) -> Result<ExitCode> {
+    let r = &config.retention;
+    let today = chrono::Utc::now().date_naive();
+    let ahead: Vec<chrono::NaiveDate> = (0..=r.create_ahead_days)
+        .map(|d| today + chrono::Days::new(u64::from(d)))
+        .collect();
+    let pool = sink::connect(config.postgres.url.expose(), 1).await?;
+    let created = sink::partitions::create(&pool, &ahead)
+        .await
+        .context("create day partitions as postgres.url")?;
+    println!(
+        "{created} partition(s) created for {} .. {}",
+        ahead[0],
+        ahead[ahead.len() - 1]
+    );
+    let Some(keep) = r.keep_days else {
+        println!("retention.keep_days not set: every day is kept");
+        return Ok(ExitCode::SUCCESS);
+    };
+    let cutoff = today - chrono::Days::new(u64::from(keep) - 1);
+    let (url, key) = match &config.postgres.migrate_url {
+        Some(url) => (url, "postgres.migrate_url"),
+        None => (&config.postgres.url, "postgres.url"),
+    };
+    let owner = sink::connect(url.expose(), 1)
+        .await
+        .with_context(|| format!("connect as {key}"))?;
+    let dropped = sink::partitions::drop_days_before(&owner, cutoff)
+        .await
+        .with_context(|| {
+            format!(
+                "drop days before {cutoff} as {key}: it must log in as a member of {}",
+                sink::schema::OWNER_ROLE
+            )
+        })?;
+    match (dropped.first(), dropped.last()) {
+        (Some(first), Some(last)) => println!(
+            "{} day(s) dropped ({first} .. {last}); kept from {cutoff}",
+            dropped.len()
+        ),
+        _ => println!("nothing before {cutoff} to drop"),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 /// `riskstream console`: the analysts' pages (see [`crate::console`]) until
 /// SIGINT/SIGTERM.
 pub async fn console(config: Config) -> Result<ExitCode> {

@@ -66,6 +66,10 @@ pub struct Config {
     /// `riskstream console`, the analysts' review pages; absent = no console.
     #[serde(default)]
     pub console: Option<ConsoleConfig>,
+    /// Day partitions of the decision tables: created ahead and dropped
+    /// after `keep_days` by `riskstream partitions`.
+    #[serde(default)]
+    pub retention: RetentionConfig,
     /// The file this configuration was read from, when it was read from one:
     /// the engine watches it for live changes to thresholds and rules.
     #[serde(skip)]
@@ -106,6 +110,30 @@ pub struct PostgresConfig {
     pub migrate_url: Option<Secret>,
     #[serde(default = "defaults::max_connections")]
     pub max_connections: u32,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RetentionConfig {
+    /// Days of decisions kept (UTC days of the transaction, today
+    /// included): `riskstream partitions` drops older days with their
+    /// explanations, shadow rows, labels, reviews and summaries. Absent:
+    /// everything is kept.
+    #[serde(default)]
+    pub keep_days: Option<u32>,
+    /// Days after today whose partitions `riskstream partitions` creates,
+    /// so that the engine does not create them on the hot path.
+    #[serde(default = "defaults::create_ahead_days")]
+    pub create_ahead_days: u32,
+}
+
+impl Default for RetentionConfig {
+    fn default() -> Self {
+        RetentionConfig {
+            keep_days: None,
+            create_ahead_days: defaults::create_ahead_days(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -297,6 +325,9 @@ pub struct ConsoleUser {
 }
 
 mod defaults {
+    pub fn create_ahead_days() -> u32 {
+        7
+    }
     pub fn console_listen() -> String {
         "127.0.0.1:8090".into()
     }
@@ -561,6 +592,21 @@ impl Config {
             {
                 bad("postgres.migrate_url", "must be a postgres:// URL".into());
             }
+        }
+        if self.retention.keep_days == Some(0) {
+            bad(
+                "retention.keep_days",
+                "must be at least 1 (today's decisions are always kept); remove it to keep everything".into(),
+            );
+        }
+        if self.retention.create_ahead_days > 366 {
+            bad(
+                "retention.create_ahead_days",
+                format!(
+                    "{} days ahead is more than a year: at most 366",
+                    self.retention.create_ahead_days
+                ),
+            );
         }
         if self.postgres.max_connections < 2 {
             bad("postgres.max_connections", "must be at least 2".into());
@@ -979,6 +1025,9 @@ decline = 1.5
 [language_model]
 dir = "/nonexistent/lm"
 max_batch = 0
+[retention]
+keep_days = 0
+create_ahead_days = 1000
 "#;
         let Err(ParseFailure::Invalid(problems)) = Config::parse(text, Path::new("."), no_env())
         else {
@@ -996,6 +1045,8 @@ max_batch = 0
             "thresholds.review",
             "thresholds.channel.moon",
             "thresholds.channel.moon.decline",
+            "retention.keep_days",
+            "retention.create_ahead_days",
         ] {
             assert!(keys.contains(&want), "missing {want} in {keys:?}");
         }

@@ -93,6 +93,10 @@ enum Command {
         #[arg(long, default_value_t = 7)]
         recheck_days: i32,
     },
+    /// Create the day partitions of the decision tables ahead
+    /// ([retention] create_ahead_days) and drop the days past [retention]
+    /// keep_days (as postgres.migrate_url). Run it daily on a timer.
+    Partitions,
     /// The analysts' web console on [console] listen: review queue, decisions
     /// with their explanations, labelling, alert quality, what-if.
     Console {
@@ -327,6 +331,7 @@ async fn dispatch(cli: Cli) -> Result<ExitCode> {
         Command::Summarise { recheck_days } => {
             riskstream::cli::summarise(&Config::load(&cli.config)?, recheck_days).await
         }
+        Command::Partitions => riskstream::cli::partitions(&Config::load(&cli.config)?).await,
         Command::Console {
             hash_password: true,
         } => riskstream::cli::hash_password(),

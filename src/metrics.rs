@@ -39,6 +39,9 @@ pub struct Metrics {
     pub sink_retries: IntCounter,
     /// Batches Postgres refused by binary COPY, written by INSERT instead.
     pub sink_copy_refused: IntCounter,
+    /// Batches whose day partitions could not be created (their rows went
+    /// to the default partition).
+    pub day_partition_failures: IntCounter,
     pub stale_batches: IntCounter,
     /// Batches scored before the terminal/label watermark was reached.
     pub incomplete_state: IntCounter,
@@ -151,6 +154,11 @@ impl Metrics {
                 "Batches Postgres refused by binary COPY (a tx_id decided meanwhile, or a refused value), written by INSERT instead",
             )
             .unwrap(),
+            day_partition_failures: IntCounter::new(
+                "riskstream_day_partition_failures_total",
+                "Batches whose day partitions could not be created; their rows went to the default partition until `riskstream partitions` or a later batch creates the day",
+            )
+            .unwrap(),
             stale_batches: IntCounter::new(
                 "riskstream_stale_batches_total",
                 "Batches dropped at commit because their partitions were claimed again since (replayed by the new claim)",
@@ -256,6 +264,9 @@ impl Metrics {
             .unwrap();
         m.registry
             .register(Box::new(m.sink_copy_refused.clone()))
+            .unwrap();
+        m.registry
+            .register(Box::new(m.day_partition_failures.clone()))
             .unwrap();
         m.registry
             .register(Box::new(m.stale_batches.clone()))

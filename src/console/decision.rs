@@ -85,8 +85,9 @@ pub async fn page(
            JOIN threshold_sets t ON t.version = d.threshold_version
            LEFT JOIN model_versions m
                   ON m.name = d.model_name AND m.version = d.model_version AND m.sha256 = d.model_sha256
-           LEFT JOIN attention_explanations e USING (tx_id)
-          WHERE d.tx_id = $1",
+           LEFT JOIN attention_explanations e USING (tx_id, ts)
+          -- the day from decision_ids: one partition read, not every day's
+          WHERE d.tx_id = $1 AND d.ts = (SELECT ts FROM decision_ids WHERE tx_id = $1)",
     )
     .bind(&tx_id)
     .fetch_optional(&c.pool)
@@ -253,8 +254,10 @@ async fn history(
     let wanted: Vec<&str> = present.iter().map(|p| p.1).collect();
     let rows = sqlx::query(
         "SELECT d.tx_id, d.ts, d.amount::float8, d.terminal_id, d.decision, l.is_fraud
-           FROM risk_decisions d LEFT JOIN labels_in_force l USING (tx_id)
-          WHERE d.tx_id = ANY ($1)",
+           FROM decision_ids i
+           JOIN risk_decisions d ON d.tx_id = i.tx_id AND d.ts = i.ts
+           LEFT JOIN labels_in_force l ON l.tx_id = d.tx_id
+          WHERE i.tx_id = ANY ($1)",
     )
     .bind(&wanted)
     .fetch_all(&c.pool)
@@ -360,7 +363,7 @@ pub async fn label(
     }
     let inserted = sqlx::query(
         "INSERT INTO label_reviews (tx_id, is_fraud, reviewer, note)
-         SELECT $1, $2, $3, $4 WHERE EXISTS (SELECT FROM risk_decisions WHERE tx_id = $1)",
+         SELECT $1, $2, $3, $4 WHERE EXISTS (SELECT FROM decision_ids WHERE tx_id = $1)",
     )
     .bind(&tx_id)
     .bind(is_fraud)

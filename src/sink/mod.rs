@@ -8,10 +8,12 @@
 //! whose epoch is stale (another instance took the partition over) is
 //! rejected as [`SinkError::Fenced`] and nothing of it lands.
 //!
-//! This module also owns the reads that rebuild engine state from Postgres:
-//! partition claims, card histories and terminal statistics.
+//! This module also owns the reads that rebuild engine state from Postgres
+//! (partition claims, card histories and terminal statistics) and the day
+//! partitions of the decision tables ([`partitions`]).
 
 mod copy;
+pub mod partitions;
 pub mod schema;
 pub mod state;
 
@@ -639,8 +641,7 @@ async fn insert_decided(
     if decisions.is_empty() {
         return Ok(());
     }
-    let inserted = insert_decisions(&mut *tx, p, &b.model, decisions).await?;
-    let inserted: std::collections::HashSet<String> = inserted.into_iter().collect();
+    let inserted = insert_ids(&mut *tx, decisions).await?;
     let mut fresh = Vec::with_capacity(inserted.len());
     let mut seen = std::collections::HashSet::new();
     for d in decisions {
@@ -657,6 +658,7 @@ async fn insert_decided(
             written.duplicates += 1;
         }
     }
+    insert_decisions(&mut *tx, p, &b.model, &fresh).await?;
     insert_explanations(&mut *tx, &fresh).await?;
     if let Some(shadow) = &b.shadow_model {
         insert_shadow(&mut *tx, shadow, &fresh).await?;
@@ -694,13 +696,36 @@ async fn insert_labels(tx: &mut sqlx::PgConnection, labels: &[LabelRow]) -> Resu
     Ok(())
 }
 
+/// Claim the rows' tx_ids in `decision_ids` (the unique key the day
+/// partitions cannot have): the ids that were not decided before.
+async fn insert_ids(
+    tx: &mut sqlx::PgConnection,
+    rows: &[&DecisionRow],
+) -> Result<std::collections::HashSet<String>, SinkError> {
+    let ids: Vec<String> = sqlx::query_scalar(
+        "INSERT INTO decision_ids (tx_id, ts)
+         SELECT * FROM unnest($1::text[], $2::timestamptz[])
+         ON CONFLICT (tx_id) DO NOTHING
+         RETURNING tx_id",
+    )
+    .bind(rows.iter().map(|d| d.tx.tx_id.as_str()).collect::<Vec<_>>())
+    .bind(rows.iter().map(|d| d.tx.ts).collect::<Vec<_>>())
+    .fetch_all(&mut *tx)
+    .await?;
+    Ok(ids.into_iter().collect())
+}
+
+/// Decisions whose tx_ids [`insert_ids`] just claimed.
 async fn insert_decisions(
     tx: &mut sqlx::PgConnection,
     p: &Provenance,
     model: &ModelId,
     rows: &[&DecisionRow],
-) -> Result<Vec<String>, SinkError> {
-    let out = sqlx::query(
+) -> Result<(), SinkError> {
+    if rows.is_empty() {
+        return Ok(());
+    }
+    sqlx::query(
         "INSERT INTO risk_decisions (tx_id, ts, card_id, terminal_id, amount, currency, mcc, channel, country,
                 score, decision, model_name, model_version, model_sha256, threshold_version, features,
                 state_complete, source_topic, source_partition, source_offset, kafka_ts, mcc_surprise, rules_fired)
@@ -711,9 +736,7 @@ async fn insert_decisions(
                        $7::int[], $8::text[], $9::text[], $10::real[], $11::text[], $12::text[], $13::bool[],
                        $17::int[], $19::int[], $20::bigint[], $21::timestamptz[], $22::real[], $23::text[])
              AS u(tx_id, ts, card_id, terminal_id, cents, currency, mcc, channel, country, score, decision,
-                  features, complete, version, part, off, kafka_ts, surprise, rules)
-         ON CONFLICT (tx_id) DO NOTHING
-         RETURNING tx_id",
+                  features, complete, version, part, off, kafka_ts, surprise, rules)",
     )
     .bind(rows.iter().map(|d| d.tx.tx_id.as_str()).collect::<Vec<_>>())
     .bind(rows.iter().map(|d| d.tx.ts).collect::<Vec<_>>())
@@ -738,9 +761,9 @@ async fn insert_decisions(
     .bind(rows.iter().map(|d| d.kafka_ts).collect::<Vec<_>>())
     .bind(rows.iter().map(|d| d.mcc_surprise).collect::<Vec<_>>())
     .bind(rows.iter().map(|d| text_array(&d.rules_fired)).collect::<Vec<_>>())
-    .fetch_all(&mut *tx)
+    .execute(&mut *tx)
     .await?;
-    Ok(out.iter().map(|r| r.get(0)).collect())
+    Ok(())
 }
 
 /// The bulk path's fast lane: decisions and explanations as two binary
@@ -756,6 +779,16 @@ async fn copy_decided(
     if rows.is_empty() {
         return Ok(());
     }
+    let mut ids = BinaryCopy::new(rows.len() * 48);
+    for d in rows {
+        ids.row(2).text(&d.tx.tx_id).timestamptz(d.tx.ts);
+    }
+    copy_in(
+        tx,
+        "COPY decision_ids (tx_id, ts) FROM STDIN (FORMAT binary)",
+        ids.finish(),
+    )
+    .await?;
     let m = &b.model;
     let mut decisions = BinaryCopy::new(rows.len() * 320);
     for d in rows {
@@ -799,15 +832,16 @@ async fn copy_decided(
     let mut explanations = BinaryCopy::new(rows.len() * 640);
     for d in rows {
         explanations
-            .row(4)
+            .row(5)
             .text(&d.tx.tx_id)
             .float4_array(&d.feature_weights)
             .text_array(&d.history_tx_ids)
-            .float4_array(&d.history_weights);
+            .float4_array(&d.history_weights)
+            .timestamptz(d.tx.ts);
     }
     copy_in(
         tx,
-        "COPY attention_explanations (tx_id, feature_weights, history_tx_ids, history_weights)
+        "COPY attention_explanations (tx_id, feature_weights, history_tx_ids, history_weights, ts)
          FROM STDIN (FORMAT binary)",
         explanations.finish(),
     )
@@ -821,7 +855,7 @@ async fn copy_decided(
         let Some(s) = &d.shadow else { continue };
         any = true;
         shadows
-            .row(10)
+            .row(11)
             .text(&d.tx.tx_id)
             .text(&shadow.name)
             .text(&shadow.version)
@@ -831,7 +865,8 @@ async fn copy_decided(
             .int4(d.threshold_version)
             .text_array(&s.rules_fired)
             .float4_array(&s.feature_weights)
-            .float4_array(&s.history_weights);
+            .float4_array(&s.history_weights)
+            .timestamptz(d.tx.ts);
     }
     if !any {
         return Ok(());
@@ -839,7 +874,7 @@ async fn copy_decided(
     copy_in(
         tx,
         "COPY shadow_decisions (tx_id, model_name, model_version, model_sha256, score, decision,
-              threshold_version, rules_fired, feature_weights, history_weights)
+              threshold_version, rules_fired, feature_weights, history_weights, ts)
          FROM STDIN (FORMAT binary)",
         shadows.finish(),
     )
@@ -862,10 +897,11 @@ async fn insert_shadow(
     }
     sqlx::query(
         "INSERT INTO shadow_decisions (tx_id, model_name, model_version, model_sha256, score, decision,
-                threshold_version, rules_fired, feature_weights, history_weights)
-         SELECT u.tx_id, $1, $2, $3, u.score, u.decision, u.version, u.rules::text[], u.fw::real[], u.hw::real[]
-           FROM unnest($4::text[], $5::real[], $6::text[], $7::int[], $8::text[], $9::text[], $10::text[])
-             AS u(tx_id, score, decision, version, rules, fw, hw)
+                threshold_version, rules_fired, feature_weights, history_weights, ts)
+         SELECT u.tx_id, $1, $2, $3, u.score, u.decision, u.version, u.rules::text[], u.fw::real[], u.hw::real[], u.ts
+           FROM unnest($4::text[], $5::real[], $6::text[], $7::int[], $8::text[], $9::text[], $10::text[],
+                       $11::timestamptz[])
+             AS u(tx_id, score, decision, version, rules, fw, hw, ts)
          ON CONFLICT DO NOTHING",
     )
     .bind(&shadow.name)
@@ -878,6 +914,7 @@ async fn insert_shadow(
     .bind(rows.iter().map(|(_, s)| text_array(&s.rules_fired)).collect::<Vec<_>>())
     .bind(rows.iter().map(|(_, s)| real_array(&s.feature_weights)).collect::<Vec<_>>())
     .bind(rows.iter().map(|(_, s)| real_array(&s.history_weights)).collect::<Vec<_>>())
+    .bind(rows.iter().map(|(d, _)| d.tx.ts).collect::<Vec<_>>())
     .execute(&mut *tx)
     .await?;
     Ok(())
@@ -913,14 +950,16 @@ async fn insert_explanations(
         return Ok(());
     }
     sqlx::query(
-        "INSERT INTO attention_explanations (tx_id, feature_weights, history_tx_ids, history_weights)
-         SELECT tx_id, fw::real[], ids::text[], hw::real[]
-           FROM unnest($1::text[], $2::text[], $3::text[], $4::text[]) AS u(tx_id, fw, ids, hw)",
+        "INSERT INTO attention_explanations (tx_id, feature_weights, history_tx_ids, history_weights, ts)
+         SELECT tx_id, fw::real[], ids::text[], hw::real[], ts
+           FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::timestamptz[])
+             AS u(tx_id, fw, ids, hw, ts)",
     )
     .bind(rows.iter().map(|d| d.tx.tx_id.as_str()).collect::<Vec<_>>())
     .bind(rows.iter().map(|d| real_array(&d.feature_weights)).collect::<Vec<_>>())
     .bind(rows.iter().map(|d| text_array(&d.history_tx_ids)).collect::<Vec<_>>())
     .bind(rows.iter().map(|d| real_array(&d.history_weights)).collect::<Vec<_>>())
+    .bind(rows.iter().map(|d| d.tx.ts).collect::<Vec<_>>())
     .execute(&mut *tx)
     .await?;
     Ok(())

@@ -69,7 +69,7 @@ pub async fn decided_among(
     tx_ids: &[&str],
 ) -> Result<std::collections::HashSet<String>, SinkError> {
     let rows: Vec<String> =
-        sqlx::query_scalar("SELECT tx_id FROM risk_decisions WHERE tx_id = ANY($1)")
+        sqlx::query_scalar("SELECT tx_id FROM decision_ids WHERE tx_id = ANY($1)")
             .bind(tx_ids)
             .fetch_all(pool)
             .await?;
