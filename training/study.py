@@ -3,6 +3,10 @@
     python training/study.py                    # run what is missing, then write docs/MODELS.md
     python training/study.py --only gru-attention,lr
     python training/study.py --report-only      # re-render docs/MODELS.md from the results
+    python training/study.py --data training/.data/handbook/features.parquet \
+        --test-start 2018-08-29 --results training/results-handbook \
+        --scores training/.data/handbook/study --report-dir training/results-handbook
+                                                # another data set (training/handbook.sh)
 
 For each configuration and each of the 4 prequential folds (train 7 days, 7-day label
 delay, test the next 7 days, known-compromised cards removed; see fraudlib/data.py) it
@@ -13,7 +17,8 @@ it exports the model to ONNX, checks ONNX Runtime against PyTorch (1e-5) and tim
 
 One JSON per configuration in training/results/ (committed: the table's source); test
 scores for the reliability plot in training/.data/study/ (not committed). A configuration
-whose JSON exists is skipped, so an interrupted study resumes where it stopped.
+whose JSON exists is skipped, so an interrupted study resumes where it stopped. Another
+data set gets its own --results, --scores and --report-dir, so it never touches these.
 """
 
 from __future__ import annotations
@@ -86,9 +91,9 @@ def thresholds_from(train_scores: np.ndarray) -> dict:
     return {name: float(np.quantile(train_scores, 1 - rate)) for name, rate in OPERATING_POINT.items()}
 
 
-def run_config(c: dict, data: dict, folds: list[D.Fold], tcfg: T.TrainConfig) -> dict:
+def run_config(c: dict, data: dict, folds: list[D.Fold], tcfg: T.TrainConfig, scores: Path = SCORES) -> dict:
     out = {"config": c, "train_config": asdict(tcfg), "folds": []}
-    SCORES.mkdir(parents=True, exist_ok=True)
+    scores.mkdir(parents=True, exist_ok=True)
     for f in folds:
         t_fold = time.time()
         T.set_determinism(tcfg.seed)
@@ -125,7 +130,7 @@ def run_config(c: dict, data: dict, folds: list[D.Fold], tcfg: T.TrainConfig) ->
             for share in NOISE:
                 noisy = D.with_history_noise(data, te, share, seed=1000 + f.k)
                 fold["noise"][str(share)] = M.quality(day, card, y, T.predict(model, noisy)["score"])
-        np.savez_compressed(SCORES / f"{c['name']}-fold{f.k}.npz", score=s_te.astype(np.float32), y=y,
+        np.savez_compressed(scores / f"{c['name']}-fold{f.k}.npz", score=s_te.astype(np.float32), y=y,
                             day=day, card=card.astype(str), tx_id=data["tx_id"][te].astype(str))
         if f.k == 0:
             fold["onnx"] = onnx_cost(c, model, data, te)
@@ -160,6 +165,12 @@ def D_str(d: int) -> str:
     return (dt.date(1970, 1, 1) + dt.timedelta(days=int(d))).isoformat()
 
 
+def D_num(date: str) -> int:
+    """The day number (days since 1970-01-01) of an ISO date; the inverse of D_str."""
+    import datetime as dt
+    return (dt.date.fromisoformat(date) - dt.date(1970, 1, 1)).days
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", default="training/.data/features64.parquet",
@@ -168,24 +179,35 @@ def main():
     ap.add_argument("--folds", type=int, default=4)
     ap.add_argument("--rerun", action="store_true", help="rerun configurations that have results")
     ap.add_argument("--report-only", action="store_true")
+    ap.add_argument("--test-start", default=None,
+                    help="UTC date (YYYY-MM-DD) on which fold 0's test week starts, fold k's 7k days "
+                         "earlier (default: the last 7 full days of the data)")
+    ap.add_argument("--results", type=Path, default=RESULTS, help="one JSON per configuration")
+    ap.add_argument("--scores", type=Path, default=SCORES, help="test scores (for the reliability plot)")
+    ap.add_argument("--report-dir", type=Path, default=ROOT / "docs",
+                    help="MODELS.md (between the study's markers) and img/fraud-calibration.png are "
+                         "written here")
     a = ap.parse_args()
-    RESULTS.mkdir(parents=True, exist_ok=True)
+    results = a.results
+    results.mkdir(parents=True, exist_ok=True)
+    t0 = D_num(a.test_start) if a.test_start else None
     if not a.report_only:
         todo = [c for c in CONFIGS if (not a.only or c["name"] in a.only.split(","))
-                and (a.rerun or not (RESULTS / f"{c['name']}.json").exists())]
+                and (a.rerun or not (results / f"{c['name']}.json").exists())]
         cache: dict[int, dict] = {}
         for c in todo:
             if c["k"] not in cache:
                 cache.clear()  # one table in memory at a time
                 cache[c["k"]] = D.load_table(Path(a.data), history_len=c["k"])
             data = cache[c["k"]]
-            folds = D.prequential_folds(data, a.folds, c["train_days"])
-            res = run_config(c, data, folds, T.TrainConfig())
+            folds = D.prequential_folds(data, a.folds, c["train_days"], t0)
+            res = run_config(c, data, folds, T.TrainConfig(), a.scores)
             res["data"] = {"path": str(a.data), "sha256": D.sha256_file(Path(a.data)), "rows": int(data["n"])}
             res["torch"] = torch.__version__
-            (RESULTS / f"{c['name']}.json").write_text(json.dumps(res, indent=1) + "\n")
+            (results / f"{c['name']}.json").write_text(json.dumps(res, indent=1) + "\n")
     from report import render
-    render(RESULTS, SCORES, ROOT / "docs", [c["name"] for c in CONFIGS])
+    a.report_dir.mkdir(parents=True, exist_ok=True)
+    render(results, a.scores, a.report_dir, [c["name"] for c in CONFIGS])
 
 
 if __name__ == "__main__":

@@ -132,9 +132,14 @@ def handbook_fold(data: dict, test_start: int, k: int = 0, train_days: int = TRA
     return Fold(k, test_start, train, np.concatenate(test), removed, train_days)
 
 
-def prequential_folds(data: dict, n_folds: int = 4, train_days: int = TRAIN_DAYS) -> list[Fold]:
-    last, _ = full_days(data["day"])
-    t0 = last - TEST_DAYS + 1
+def prequential_folds(data: dict, n_folds: int = 4, train_days: int = TRAIN_DAYS,
+                      t0: int | None = None) -> list[Fold]:
+    """Fold k tests the week starting at t0 - 7k; t0 (a day number) defaults to the start of
+    the last 7 full days. The Handbook's own model selection fixes it instead (its test weeks
+    start 2018-08-08 .. 2018-08-29, so t0 = 2018-08-29), leaving its later weeks unused."""
+    if t0 is None:
+        last, _ = full_days(data["day"])
+        t0 = last - TEST_DAYS + 1
     return [handbook_fold(data, t0 - FOLD_DAYS * k, k, train_days) for k in range(n_folds)]
 
 
