@@ -291,13 +291,18 @@ def main() -> None:
                 r = measure(conn, q)
                 print(f"{r['ms']:9.1f} ms  {r['rows']:>8,} rows  {' '.join(q.split())[:90]}", flush=True)
                 results.append(r)
+            # A partitioned table has no storage of its own: its partitions' sum.
             sizes = conn.execute(
-                "SELECT c.relname, c.reltuples::bigint, pg_size_pretty(pg_total_relation_size(c.oid))"
+                "SELECT c.relname, sum(greatest(p.reltuples, 0))::bigint,"
+                "       pg_size_pretty(sum(pg_total_relation_size(t.relid))::bigint)"
                 "  FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
+                " CROSS JOIN LATERAL pg_partition_tree(c.oid) t"
+                "  JOIN pg_class p ON p.oid = t.relid"
                 " WHERE n.nspname = 'public' AND c.relkind IN ('r', 'p')"
-                "   AND c.relname IN ('risk_decisions', 'attention_explanations', 'labels',"
+                "   AND c.relname IN ('risk_decisions', 'attention_explanations', 'decision_ids', 'labels',"
                 "                     'label_reviews', 'shadow_decisions')"
-                " ORDER BY pg_total_relation_size(c.oid) DESC").fetchall()
+                " GROUP BY c.relname"
+                " ORDER BY sum(pg_total_relation_size(t.relid)) DESC").fetchall()
             pg = conn.execute("SHOW server_version").fetchone()[0]
             settings = ", ".join(f"{k} {conn.execute(f'SHOW {k}').fetchone()[0]}"
                                  for k in ("shared_buffers", "work_mem", "max_parallel_workers_per_gather"))

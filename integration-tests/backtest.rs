@@ -5,7 +5,6 @@ use crate::common::World;
 use serde_json::Value;
 use sqlx::Row;
 use std::process::Command;
-use std::time::Duration;
 
 fn backtest(config: &std::path::Path, args: &[&str]) -> Value {
     let out = Command::new(env!("CARGO_BIN_EXE_riskstream"))
@@ -25,12 +24,7 @@ fn backtest(config: &std::path::Path, args: &[&str]) -> Value {
 async fn backtest_figures_equal_sql_on_the_same_rows() {
     let world = World::new("backtest", 2).await;
     let (_, labels) = world.produce_simulated(6_000, 11);
-    let mut engine = world.start_engine("backtest");
-    world
-        .wait_until_done(&mut [&mut engine], Duration::from_secs(240))
-        .await;
-    world.wait_for_labels(labels).await;
-    assert!(engine.terminate().success());
+    world.decide_all("backtest", labels).await;
 
     // The busiest card goes on a block list; a rule on amount and the card's
     // count today; lower thresholds, and another one for ecom.

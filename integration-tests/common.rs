@@ -1,6 +1,7 @@
 //! Shared harness: an isolated "world" (topics, group, database, config
 //! file) and the engine as a child process.
 
+use chrono::NaiveDate;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::ClientConfig;
 use riskstream::simulate::{self, SimConfig, Simulator};
@@ -275,8 +276,14 @@ listen = ""
 
     /// Produce a simulated stream of about `n` transactions; returns what was produced.
     pub fn produce_simulated(&self, n: usize, seed: u64) -> (u64, u64) {
+        self.produce_simulated_from(n, seed, SimConfig::for_transactions(n, seed).start)
+    }
+
+    /// [`World::produce_simulated`], its first day `start`.
+    pub fn produce_simulated_from(&self, n: usize, seed: u64, start: NaiveDate) -> (u64, u64) {
         let sim = Simulator::new(SimConfig {
             max_transactions: Some(n),
+            start,
             ..SimConfig::for_transactions(n, seed)
         });
         let (t, l) = (self.topic("transactions"), self.topic("labels"));
@@ -289,6 +296,24 @@ listen = ""
         };
         let p = simulate::kafka::produce(sim, None, &target).unwrap();
         (p.transactions, p.labels)
+    }
+
+    /// The `[shadow]` section that scores the int8 model beside `[model]`.
+    pub fn shadow_section() -> String {
+        format!(
+            "[shadow]\ndir = \"{}\"\n",
+            repo_root().join("models/fraud-attention-int8").display()
+        )
+    }
+
+    /// Run an engine over everything produced until its `labels` labels
+    /// are in, then stop it gracefully.
+    pub async fn decide_all(&self, tag: &str, labels: u64) {
+        let mut engine = self.start_engine(tag);
+        self.wait_until_done(&mut [&mut engine], Duration::from_secs(240))
+            .await;
+        self.wait_for_labels(labels).await;
+        assert!(engine.terminate().success());
     }
 
     pub fn start_engine(&self, tag: &str) -> Engine {
@@ -420,7 +445,7 @@ listen = ""
             .count("SELECT count(*) FROM attention_explanations")
             .await;
         assert_eq!(explained, decisions, "every decision has its explanation");
-        self.assert_in_day_partitions().await;
+        self.assert_in_month_partitions().await;
         let bad_features = self
             .count("SELECT count(*) FROM attention_explanations WHERE abs((SELECT sum(w) FROM unnest(feature_weights) w) - 1) > 1e-4")
             .await;
@@ -550,9 +575,9 @@ listen = ""
 
     /// tx_id → stored features (JSON text), for comparing runs.
     /// Every decision, explanation and shadow row sits in the partition of
-    /// its UTC day (none in a default partition), with its explanation on
-    /// the same day, and `decision_ids` holds exactly the decided ids.
-    pub async fn assert_in_day_partitions(&self) {
+    /// its UTC month (none in a default partition), with its explanation at
+    /// the same time, and `decision_ids` holds exactly the decided ids.
+    pub async fn assert_in_month_partitions(&self) {
         for table in [
             "risk_decisions",
             "attention_explanations",
@@ -565,7 +590,7 @@ listen = ""
                             <> decision_partition_name('{table}', (ts AT TIME ZONE 'UTC')::date)"
                 ))
                 .await;
-            assert_eq!(misplaced, 0, "{table} rows outside their day's partition");
+            assert_eq!(misplaced, 0, "{table} rows outside their month's partition");
         }
         let unmatched = self
             .count(
@@ -577,7 +602,7 @@ listen = ""
             .await;
         assert_eq!(
             unmatched, 0,
-            "each decision has its explanation and its decision_ids row, on its day"
+            "each decision has its explanation and its decision_ids row, at its time"
         );
     }
 

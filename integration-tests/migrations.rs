@@ -71,12 +71,13 @@ async fn stored_features_move_to_model_input_order() {
     drop_scratch_database(db).await;
 }
 
-/// Decisions, explanations and shadow rows stored before the day partitions
-/// move into their days' partitions with everything readable as before:
+/// Decisions, explanations and shadow rows stored before the month
+/// partitions move into their months' partitions with everything readable
+/// as before:
 /// the same rows, the views re-created with their grants, every id in
 /// `decision_ids`.
 #[tokio::test]
-async fn stored_decisions_move_into_day_partitions() {
+async fn stored_decisions_move_into_month_partitions() {
     let db = "riskstream_it_migrate_partitions";
     let pool = PgPool::connect(&scratch_database(db, "postgres").await)
         .await
@@ -87,11 +88,11 @@ async fn stored_decisions_move_into_day_partitions() {
          VALUES ('m', '1', 'abc', 'fraud', '{a,b}', '{}')",
         "INSERT INTO threshold_sets (version, content_sha256, thresholds, changed_by)
          VALUES (1, 'x', '{}', 'test')",
-        // 30 decisions, 7 hours apart: 9 UTC days.
+        // 30 decisions, 3 days apart: January 4th to April 1st.
         "INSERT INTO risk_decisions (tx_id, ts, card_id, terminal_id, amount, score, decision, model_name,
              model_version, model_sha256, threshold_version, features, state_complete, source_topic,
              source_partition, source_offset)
-         SELECT 't' || g, timestamptz '2026-01-01 00:00+00' + g * interval '7 hours', 'c' || g % 3, 'm', g,
+         SELECT 't' || g, timestamptz '2026-01-01 00:00+00' + g * interval '3 days', 'c' || g % 3, 'm', g,
                 g / 100.0, CASE WHEN g % 5 = 0 THEN 'review' ELSE 'approve' END, 'm', '1', 'abc', 1,
                 '{1,2}', true, 'tx', 0, g
            FROM generate_series(1, 30) g",
@@ -145,8 +146,8 @@ async fn stored_decisions_move_into_day_partitions() {
     assert_eq!(count("SELECT count(*) FROM decision_ids").await, 30);
     assert_eq!(
         count("SELECT count(DISTINCT tableoid) FROM risk_decisions").await,
-        9,
-        "one partition per day"
+        4,
+        "one partition per month"
     );
     for table in [
         "risk_decisions",

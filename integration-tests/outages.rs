@@ -457,7 +457,7 @@ async fn ride_through(test: &str, what: Outage, down: Duration, reason: &[&str])
     wait_ready(port, &mut engine, Duration::from_secs(60))
         .await
         .unwrap_or_else(|e| panic!("/readyz is back to 200 after the outage: {e}"));
-    let retries = metric(port, "riskstream_sink_retries_total");
+    let retries = metric(port, "riskstream_postgres_retries_total");
     let samples = prober.finish();
 
     assert_always_live(&samples);
@@ -476,7 +476,7 @@ async fn ride_through(test: &str, what: Outage, down: Duration, reason: &[&str])
             .collect::<Vec<_>>()
     );
     println!(
-        "{test}: {:?} down {:.1} s (restart took {:.1} s), {decided_before} of {produced} decided when it went down; /readyz said {:?}; {retries} sink retries",
+        "{test}: {:?} down {:.1} s (restart took {:.1} s), {decided_before} of {produced} decided when it went down; /readyz said {:?}; {retries} Postgres retries",
         what,
         restarting_at.duration_since(stopped_at).as_secs_f64(),
         restored_at.duration_since(restarting_at).as_secs_f64(),
@@ -486,8 +486,13 @@ async fn ride_through(test: &str, what: Outage, down: Duration, reason: &[&str])
         decided_before < produced as i64,
         "the outage must happen mid-stream ({decided_before} of {produced} decided)"
     );
+    // Whichever stage met the outage retried (the sink's transaction when
+    // a batch was on its way to Postgres, else featurize's reads of card or
+    // terminal state, which then hold every batch back): asserting the
+    // sink's own counter made this test depend on where the batches were
+    // at the instant Postgres stopped.
     if matches!(what, Outage::Postgres) {
-        assert!(retries > 0.0, "the sink retried while Postgres was down");
+        assert!(retries > 0.0, "Postgres work was retried while it was down");
     }
     let status = engine.terminate();
     assert!(

@@ -1,12 +1,12 @@
-//! Day partitions and retention: the engine puts each decision in its day's
-//! partition, and `riskstream partitions` creates days ahead and drops the
-//! days past `[retention] keep_days` with everything that belongs to their
-//! decisions, leaving every other day exactly as it was.
+//! Month partitions and retention: the engine puts each decision in its
+//! month's partition (a stream across a month's end), and `riskstream
+//! partitions` creates months ahead and drops the months past `[retention]
+//! keep_days` with everything that belongs to their decisions, leaving every
+//! other month exactly as it was.
 
 use crate::common::{url_as, World, ENGINE, MIGRATOR};
 use chrono::{NaiveDate, Utc};
 use std::process::{Command, Output};
-use std::time::Duration;
 
 fn run(world: &World, config: &std::path::Path, command: &str) -> Output {
     Command::new(env!("CARGO_BIN_EXE_riskstream"))
@@ -26,23 +26,15 @@ async fn snapshot(world: &World, sql: &str) -> Vec<String> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn retention_drops_whole_days_and_leaves_the_others_as_they_were() {
+async fn retention_drops_whole_months_and_leaves_the_others_as_they_were() {
     let world = World::new("partitions", 2).await;
-    let shadow = format!(
-        "[shadow]\ndir = \"{}\"\n",
-        crate::common::repo_root()
-            .join("models/fraud-attention-int8")
-            .display()
-    );
+    let shadow = World::shadow_section();
     std::fs::write(&world.config_path, world.config_text(2, &shadow)).unwrap();
-    let (produced, labels) = world.produce_simulated(3_000, 29);
-    let mut engine = world.start_engine("partitions");
-    world
-        .wait_until_done(&mut [&mut engine], Duration::from_secs(240))
-        .await;
-    world.wait_for_labels(labels).await;
-    assert!(engine.terminate().success());
-    // Every row in its day's partition (assert_exactly_once checks it too).
+    // From January 30th: the stream crosses into February.
+    let start = NaiveDate::from_ymd_opt(2026, 1, 30).unwrap();
+    let (produced, labels) = world.produce_simulated_from(3_000, 29, start);
+    world.decide_all("partitions", labels).await;
+    // Every row in its month's partition (assert_exactly_once checks it).
     world.assert_exactly_once(produced).await;
 
     let days: Vec<NaiveDate> = sqlx::query_scalar(
@@ -51,8 +43,13 @@ async fn retention_drops_whole_days_and_leaves_the_others_as_they_were() {
     .fetch_all(&world.pool)
     .await
     .unwrap();
-    assert!(days.len() >= 4, "the stream spans too few days: {days:?}");
-    let cutoff = days[2];
+    let february = NaiveDate::from_ymd_opt(2026, 2, 1).unwrap();
+    assert!(
+        days[0] < february && days[days.len() - 1] >= february,
+        "the stream must cross a month's end: {days:?}"
+    );
+    // Keep from February 1st: January goes.
+    let cutoff = february;
     let summarised = run(&world, &world.config_path, "summarise");
     assert!(summarised.status.success());
     // Reviews on either side of the cutoff.
@@ -144,9 +141,12 @@ async fn retention_drops_whole_days_and_leaves_the_others_as_they_were() {
         "{stdout}{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(stdout.contains("2 day(s) dropped"), "{stdout}");
+    assert!(
+        stdout.contains("1 month(s) dropped (2026-01 .. 2026-01); kept from 2026-02-01"),
+        "{stdout}"
+    );
 
-    // The dropped days are gone everywhere...
+    // The dropped month is gone everywhere...
     for (what, sql) in [
         ("decisions", "SELECT count(*) FROM risk_decisions WHERE ts < '{c}'"),
         ("explanations", "SELECT count(*) FROM attention_explanations WHERE ts < '{c}'"),
@@ -158,13 +158,12 @@ async fn retention_drops_whole_days_and_leaves_the_others_as_they_were() {
         (
             "partitions",
             "SELECT count(*) FROM pg_class WHERE relname IN (
-                 SELECT decision_partition_name(t, d::date)
-                   FROM unnest(ARRAY['risk_decisions', 'attention_explanations', 'shadow_decisions']) t,
-                        generate_series(date '2025-12-01', '{c}'::date - 1, interval '1 day') d)",
+                 SELECT decision_partition_name(t, date '2026-01-01')
+                   FROM unnest(ARRAY['risk_decisions', 'attention_explanations', 'shadow_decisions']) t)",
         ),
     ] {
         let sql = sql.replace("{c}", &cutoff.to_string());
-        assert_eq!(world.count(&sql).await, 0, "{what} of dropped days remain");
+        assert_eq!(world.count(&sql).await, 0, "{what} of the dropped month remain");
     }
     for table in ["labels", "label_reviews"] {
         let left: i64 = sqlx::query_scalar(&format!(
@@ -176,21 +175,20 @@ async fn retention_drops_whole_days_and_leaves_the_others_as_they_were() {
         .unwrap();
         assert_eq!(left, 0, "{table} of dropped decisions remain");
     }
-    // ...and every other day is exactly as it was.
+    // ...and every other month is exactly as it was.
     for (q, want) in kept.iter().zip(&before) {
         assert_eq!(&snapshot(&world, q).await, want, "{q}");
     }
-    world.assert_in_day_partitions().await;
-    // Today and two days ahead have their partitions.
-    let ahead = world
+    world.assert_in_month_partitions().await;
+    // The months of today and the two days ahead have their partitions.
+    let missing = world
         .count(
-            "SELECT count(*) FROM pg_class WHERE relname IN (
-                 SELECT decision_partition_name(t, (now() AT TIME ZONE 'UTC')::date + k)
-                   FROM unnest(ARRAY['risk_decisions', 'attention_explanations', 'shadow_decisions']) t,
-                        generate_series(0, 2) k)",
+            "SELECT count(*) FROM unnest(ARRAY['risk_decisions', 'attention_explanations', 'shadow_decisions']) t,
+                    generate_series(0, 2) k
+              WHERE to_regclass(decision_partition_name(t, (now() AT TIME ZONE 'UTC')::date + k)) IS NULL",
         )
         .await;
-    assert_eq!(ahead, 9);
+    assert_eq!(missing, 0, "months ahead without partitions");
 
     // Again: nothing more to drop or create.
     let again = run(&world, &world.config_path, "partitions");

@@ -112,7 +112,7 @@ async fn the_writer_inserts_and_advances_offsets_but_never_rewrites_history() {
         "a new owner's claim bumps the epoch (UPDATE on kafka_offsets)"
     );
     let inserts = [
-        // The day's partitions (the sink does this before a batch with a new day).
+        // The month's partitions (the sink does this before a batch with a new month).
         "SELECT create_decision_partitions(ARRAY[date '2026-06-01'])".into(),
         "INSERT INTO decision_ids (tx_id, ts) VALUES ('tx-1', '2026-06-01 12:00+00')
          ON CONFLICT (tx_id) DO NOTHING"
@@ -169,9 +169,9 @@ async fn the_writer_inserts_and_advances_offsets_but_never_rewrites_history() {
         "DELETE FROM attention_explanations",
         "DELETE FROM decision_ids",
         "UPDATE decision_ids SET ts = now()",
-        "DELETE FROM risk_decisions_p20260601",
+        "DELETE FROM risk_decisions_p202606",
         // Retention deletes decisions: the owner's, not the engine's.
-        "SELECT drop_decision_days_before(date '2026-06-02')",
+        "SELECT drop_decisions_before(date '2026-07-01')",
         "UPDATE dead_letters SET reason = 'fine'",
         "DELETE FROM dead_letters",
         "DELETE FROM kafka_offsets",

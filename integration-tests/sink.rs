@@ -2,7 +2,7 @@
 //! writes reads back as sent, a tx_id another instance decided meanwhile
 //! (which the featurize stage's check cannot see), or decided before with
 //! another time, turns the COPY into the INSERT path's duplicate, not a
-//! failure, and rows of a day without a partition wait in the default one.
+//! failure, and rows of a month without a partition wait in the default one.
 
 use crate::common::{model_dir, World};
 use chrono::{DateTime, Utc};
@@ -169,12 +169,12 @@ async fn copied_rows_read_back_as_sent_and_a_tx_id_decided_meanwhile_is_a_duplic
     }
 
     // Another instance decided t2 from another offset since this batch's
-    // duplicate check, and t1 comes again a day later (another day's
+    // duplicate check, and t1 comes again a month later (another month's
     // partition: only decision_ids sees it): the COPY is refused, the
     // INSERT path writes t3 and dead-letters t2 and t1, and the offsets
     // still move.
     let mut t1_again = row("t1", 4, 9.0);
-    t1_again.tx.ts += chrono::Duration::days(1);
+    t1_again.tx.ts += chrono::Duration::days(31);
     let second = sink::write_batch(
         pool,
         "g",
@@ -256,9 +256,9 @@ async fn copied_rows_read_back_as_sent_and_a_tx_id_decided_meanwhile_is_a_duplic
             .unwrap();
     assert_eq!(next, 5);
 
-    // Nothing created the day's partitions (the engine's commit stage does,
-    // before write_batch): the rows wait in the default partitions, and
-    // creating the day moves them in.
+    // Nothing created the month's partitions (the engine's commit stage
+    // does, before write_batch): the rows wait in the default partitions,
+    // and creating the month moves them in.
     let defaults = world
         .count(
             "SELECT (SELECT count(*) FROM risk_decisions_default)
@@ -270,7 +270,7 @@ async fn copied_rows_read_back_as_sent_and_a_tx_id_decided_meanwhile_is_a_duplic
     let day = sent[0].tx.ts.date_naive();
     assert_eq!(sink::partitions::create(pool, &[day]).await.unwrap(), 3);
     assert_eq!(sink::partitions::create(pool, &[day]).await.unwrap(), 0);
-    world.assert_in_day_partitions().await;
+    world.assert_in_month_partitions().await;
     assert_eq!(
         world.count("SELECT count(*) FROM risk_decisions").await,
         3,

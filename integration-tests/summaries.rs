@@ -5,7 +5,6 @@
 
 use crate::common::World;
 use std::process::Command;
-use std::time::Duration;
 
 /// Each view beside its figures computed from every decision (the views'
 /// definitions before the summaries, with UTC days).
@@ -119,20 +118,10 @@ fn summarise(world: &World) -> i64 {
 async fn views_on_summaries_equal_the_figures_of_every_decision() {
     let world = World::new("summaries", 2).await;
     // With a shadow model, for shadow_comparison.
-    let shadow = format!(
-        "[shadow]\ndir = \"{}\"\n",
-        crate::common::repo_root()
-            .join("models/fraud-attention-int8")
-            .display()
-    );
+    let shadow = World::shadow_section();
     std::fs::write(&world.config_path, world.config_text(2, &shadow)).unwrap();
     let (_, labels) = world.produce_simulated(4_000, 21);
-    let mut engine = world.start_engine("summaries");
-    world
-        .wait_until_done(&mut [&mut engine], Duration::from_secs(240))
-        .await;
-    world.wait_for_labels(labels).await;
-    assert!(engine.terminate().success());
+    world.decide_all("summaries", labels).await;
 
     // Nothing summarised yet: every day is aggregated live.
     assert_views_exact(&world, "before any summary").await;

@@ -73,10 +73,11 @@ pub async fn summarise(config: &Config, recheck_days: i32) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// `riskstream partitions`: create the day partitions of today and
+/// `riskstream partitions`: create the month partitions of today and of
 /// `[retention] create_ahead_days` after it (as the engine's login), then,
-/// with `[retention] keep_days`, drop the days before the kept ones (as
-/// `postgres.migrate_url`: only the owner deletes decisions).
+/// with `[retention] keep_days`, drop the months that ended before the
+/// first kept day's month began (as `postgres.migrate_url`: only the owner
+/// deletes decisions).
 pub async fn partitions(config: &Config) -> Result<ExitCode> {
     let r = &config.retention;
     let today = chrono::Utc::now().date_naive();
@@ -86,14 +87,14 @@ pub async fn partitions(config: &Config) -> Result<ExitCode> {
     let pool = sink::connect(config.postgres.url.expose(), 1).await?;
     let created = sink::partitions::create(&pool, &ahead)
         .await
-        .context("create day partitions as postgres.url")?;
+        .context("create month partitions as postgres.url")?;
     println!(
         "{created} partition(s) created for {} .. {}",
         ahead[0],
         ahead[ahead.len() - 1]
     );
     let Some(keep) = r.keep_days else {
-        println!("retention.keep_days not set: every day is kept");
+        println!("retention.keep_days not set: everything is kept");
         return Ok(ExitCode::SUCCESS);
     };
     let cutoff = today - chrono::Days::new(u64::from(keep) - 1);
@@ -104,20 +105,24 @@ pub async fn partitions(config: &Config) -> Result<ExitCode> {
     let owner = sink::connect(url.expose(), 1)
         .await
         .with_context(|| format!("connect as {key}"))?;
-    let dropped = sink::partitions::drop_days_before(&owner, cutoff)
+    let dropped = sink::partitions::drop_before(&owner, cutoff)
         .await
         .with_context(|| {
             format!(
-                "drop days before {cutoff} as {key}: it must log in as a member of {}",
+                "drop the months before {cutoff} as {key}: it must log in as a member of {}",
                 sink::schema::OWNER_ROLE
             )
         })?;
+    let kept_from = sink::partitions::month_of(cutoff.and_time(chrono::NaiveTime::MIN).and_utc());
+    let month = |d: &chrono::NaiveDate| d.format("%Y-%m").to_string();
     match (dropped.first(), dropped.last()) {
         (Some(first), Some(last)) => println!(
-            "{} day(s) dropped ({first} .. {last}); kept from {cutoff}",
-            dropped.len()
+            "{} month(s) dropped ({} .. {}); kept from {kept_from} (keep_days {keep}: whole months before {cutoff})",
+            dropped.len(),
+            month(first),
+            month(last)
         ),
-        _ => println!("nothing before {cutoff} to drop"),
+        _ => println!("nothing before {kept_from} to drop (keep_days {keep}: whole months before {cutoff})"),
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -66,7 +66,7 @@ pub struct Config {
     /// `riskstream console`, the analysts' review pages; absent = no console.
     #[serde(default)]
     pub console: Option<ConsoleConfig>,
-    /// Day partitions of the decision tables: created ahead and dropped
+    /// Month partitions of the decision tables: created ahead and dropped
     /// after `keep_days` by `riskstream partitions`.
     #[serde(default)]
     pub retention: RetentionConfig,
@@ -115,14 +115,14 @@ pub struct PostgresConfig {
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct RetentionConfig {
-    /// Days of decisions kept (UTC days of the transaction, today
-    /// included): `riskstream partitions` drops older days with their
-    /// explanations, shadow rows, labels, reviews and summaries. Absent:
-    /// everything is kept.
+    /// Days of decisions kept at least (UTC days of the transaction, today
+    /// included): `riskstream partitions` drops the whole months that ended
+    /// before the oldest kept day's month, with their explanations, shadow
+    /// rows, labels, reviews and summaries. Absent: everything is kept.
     #[serde(default)]
     pub keep_days: Option<u32>,
-    /// Days after today whose partitions `riskstream partitions` creates,
-    /// so that the engine does not create them on the hot path.
+    /// Days after today whose months `riskstream partitions` creates
+    /// partitions for, so that the engine does not on the hot path.
     #[serde(default = "defaults::create_ahead_days")]
     pub create_ahead_days: u32,
 }

@@ -93,8 +93,8 @@ enum Command {
         #[arg(long, default_value_t = 7)]
         recheck_days: i32,
     },
-    /// Create the day partitions of the decision tables ahead
-    /// ([retention] create_ahead_days) and drop the days past [retention]
+    /// Create the month partitions of the decision tables ahead
+    /// ([retention] create_ahead_days) and drop the months past [retention]
     /// keep_days (as postgres.migrate_url). Run it daily on a timer.
     Partitions,
     /// The analysts' web console on [console] listen: review queue, decisions

@@ -37,11 +37,14 @@ pub struct Metrics {
     pub batch_rows: Histogram,
     /// Sink transactions retried after a transient Postgres error.
     pub sink_retries: IntCounter,
+    /// Every Postgres operation retried after a transient error, by the
+    /// work that failed (the sink's transaction and the reads of state).
+    pub postgres_retries: IntCounterVec,
     /// Batches Postgres refused by binary COPY, written by INSERT instead.
     pub sink_copy_refused: IntCounter,
-    /// Batches whose day partitions could not be created (their rows went
-    /// to the default partition).
-    pub day_partition_failures: IntCounter,
+    /// Batches whose month partitions could not be created (their rows
+    /// went to the default partition).
+    pub partition_failures: IntCounter,
     pub stale_batches: IntCounter,
     /// Batches scored before the terminal/label watermark was reached.
     pub incomplete_state: IntCounter,
@@ -149,14 +152,22 @@ impl Metrics {
                 "Sink transactions retried",
             )
             .unwrap(),
+            postgres_retries: IntCounterVec::new(
+                Opts::new(
+                    "riskstream_postgres_retries_total",
+                    "Postgres operations retried after a connection-type error, by the work that failed",
+                ),
+                &["work"],
+            )
+            .unwrap(),
             sink_copy_refused: IntCounter::new(
                 "riskstream_sink_copy_refused_total",
                 "Batches Postgres refused by binary COPY (a tx_id decided meanwhile, or a refused value), written by INSERT instead",
             )
             .unwrap(),
-            day_partition_failures: IntCounter::new(
-                "riskstream_day_partition_failures_total",
-                "Batches whose day partitions could not be created; their rows went to the default partition until `riskstream partitions` or a later batch creates the day",
+            partition_failures: IntCounter::new(
+                "riskstream_partition_failures_total",
+                "Batches whose month partitions could not be created; their rows went to the default partition until `riskstream partitions` or a later batch creates the month",
             )
             .unwrap(),
             stale_batches: IntCounter::new(
@@ -263,10 +274,13 @@ impl Metrics {
             .register(Box::new(m.sink_retries.clone()))
             .unwrap();
         m.registry
+            .register(Box::new(m.postgres_retries.clone()))
+            .unwrap();
+        m.registry
             .register(Box::new(m.sink_copy_refused.clone()))
             .unwrap();
         m.registry
-            .register(Box::new(m.day_partition_failures.clone()))
+            .register(Box::new(m.partition_failures.clone()))
             .unwrap();
         m.registry
             .register(Box::new(m.stale_batches.clone()))

@@ -86,7 +86,7 @@ pub async fn page(
            LEFT JOIN model_versions m
                   ON m.name = d.model_name AND m.version = d.model_version AND m.sha256 = d.model_sha256
            LEFT JOIN attention_explanations e USING (tx_id, ts)
-          -- the day from decision_ids: one partition read, not every day's
+          -- the time from decision_ids: one partition read, not every month's
           WHERE d.tx_id = $1 AND d.ts = (SELECT ts FROM decision_ids WHERE tx_id = $1)",
     )
     .bind(&tx_id)

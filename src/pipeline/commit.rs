@@ -22,7 +22,7 @@ pub(super) async fn sink_stage(
     mut input: mpsc::Receiver<Item>,
 ) -> Result<RunSummary, EngineError> {
     let mut summary = RunSummary::default();
-    let mut days = sink::partitions::DayPartitions::default();
+    let mut partitions = sink::partitions::Partitions::default();
     while let Some(item) = input.recv().await {
         let work = match item {
             Item::Barrier(ack) => {
@@ -35,8 +35,8 @@ pub(super) async fn sink_stage(
         let rows = work.rows();
         let mut work = work;
         let batch = work.decided.take().expect("the decide stage ran");
-        if !days.ensure(&shared.pool, &batch).await {
-            shared.metrics.day_partition_failures.inc();
+        if !partitions.ensure(&shared.pool, &batch).await {
+            shared.metrics.partition_failures.inc();
         }
         let Some(written) = commit(&shared, &group, dlq.as_ref(), &claims, &batch).await? else {
             // Stale: its rows are not committed, and the barrier of the

@@ -123,7 +123,7 @@ impl Backoff {
     }
 
     /// `Ok` after waiting if `e` is worth retrying, else `Err(e)`. `what`
-    /// names the work for the log and for readiness.
+    /// names the work for the log, for readiness and for the metric.
     pub(super) async fn ride_out(
         &mut self,
         shared: &Shared,
@@ -133,6 +133,11 @@ impl Backoff {
         if !e.is_transient() {
             return Err(e.into());
         }
+        shared
+            .metrics
+            .postgres_retries
+            .with_label_values(&[what])
+            .inc();
         shared.health.sink_failed(&format!("{what}: {e}"));
         tracing::warn!(error = %e, backoff = ?self.0, "{what} failed; retrying");
         tokio::time::sleep(self.0).await;

@@ -9,7 +9,7 @@
 //! rejected as [`SinkError::Fenced`] and nothing of it lands.
 //!
 //! This module also owns the reads that rebuild engine state from Postgres
-//! (partition claims, card histories and terminal statistics) and the day
+//! (partition claims, card histories and terminal statistics) and the month
 //! partitions of the decision tables ([`partitions`]).
 
 mod copy;
@@ -696,7 +696,7 @@ async fn insert_labels(tx: &mut sqlx::PgConnection, labels: &[LabelRow]) -> Resu
     Ok(())
 }
 
-/// Claim the rows' tx_ids in `decision_ids` (the unique key the day
+/// Claim the rows' tx_ids in `decision_ids` (the unique key the month
 /// partitions cannot have): the ids that were not decided before.
 async fn insert_ids(
     tx: &mut sqlx::PgConnection,
@@ -766,9 +766,10 @@ async fn insert_decisions(
     Ok(())
 }
 
-/// The bulk path's fast lane: decisions and explanations as two binary
-/// `COPY` streams. All or nothing: a tx_id decided meanwhile (by another
-/// instance) or a value Postgres refuses fails it, and the caller, under a
+/// The bulk path's fast lane: the tx_ids (`decision_ids`), decisions,
+/// explanations and shadow rows as binary `COPY` streams. All or nothing: a
+/// tx_id decided before (by another instance meanwhile, or with another
+/// time) or a value Postgres refuses fails it, and the caller, under a
 /// savepoint, falls back to [`insert_decided`], which sorts such rows out.
 async fn copy_decided(
     tx: &mut sqlx::PgConnection,

@@ -1,12 +1,16 @@
--- Decisions, explanations and shadow rows partitioned by UTC day of the
--- transaction (issue 13), so that retention drops a day instead of deleting
--- millions of rows, and a day's rows sit together on disk.
+-- Decisions, explanations and shadow rows partitioned by UTC calendar month
+-- of the transaction (issue 13), so that retention drops a month's tables
+-- instead of deleting millions of rows, and a month's rows sit together.
+-- Months, not days: with a year of daily partitions every query without a
+-- time range (the top alerts by score, a decision by tx_id, the rules
+-- fired) spent 40-126 ms planning 366 partitions per table
+-- (bench/sql_scale.py at 10M decisions); docs/DECISIONS.md has the figures.
 --
 --   risk_decisions, attention_explanations, shadow_decisions
---       PARTITION BY RANGE (ts): one partition per UTC day, named
---       <table>_pYYYYMMDD, plus <table>_default for a row whose day has no
---       partition yet (the engine creates its batches' days first, so it
---       holds rows only when creating one failed; creating that day later
+--       PARTITION BY RANGE (ts): one partition per UTC month, named
+--       <table>_pYYYYMM, plus <table>_default for a row whose month has no
+--       partition yet (the engine creates its batches' months first, so it
+--       holds rows only when creating one failed; creating that month later
 --       moves them out). attention_explanations and shadow_decisions gain
 --       the decision's ts, their partition key.
 --   decision_ids (tx_id PRIMARY KEY, ts)
@@ -15,22 +19,23 @@
 --       same tx_id being decided twice with another time. This table does:
 --       the sink inserts each decision's id here first, in the same
 --       transaction, and a conflict is a duplicate (dead-lettered as
---       before). It also tells in which day a tx_id was decided.
+--       before). It also tells when a tx_id was decided, so a query by
+--       tx_id reads one partition.
 --   create_decision_partitions(days date[])
---       Creates the missing days' partitions of the three tables (the
---       engine, before each batch with a new day; `riskstream partitions`
---       ahead of time). Each is created on its own and attached, which
---       locks the parent only against other DDL, not against reads or
---       inserts.
---   drop_decision_days_before(cutoff date)
---       Retention: drops the partitions of days before cutoff, with their
---       decision_ids, labels, label reviews and summaries
---       (`riskstream partitions`, [retention] in the config; as the owner,
---       since the engine's login never deletes).
+--       Creates the missing partitions of the months of `days` for the
+--       three tables (the engine, before each batch with a new month;
+--       `riskstream partitions` ahead of time). Each is created on its own
+--       and attached, which locks the parent only against other DDL, not
+--       against reads or inserts.
+--   drop_decisions_before(cutoff date)
+--       Retention: drops the months that end on or before cutoff's month
+--       begins (whole months only), with their decision_ids, labels, label
+--       reviews and summaries (`riskstream partitions`, [retention] in the
+--       config; as the owner, since the engine's login never deletes).
 --
 -- The explanation's foreign key to its decision is gone: both are written in
 -- one transaction by the sink, and a foreign key into a partitioned table
--- would make every dropped day re-check each of its rows.
+-- would make every dropped month re-check each of its rows.
 --
 -- Existing rows are copied into the new tables (minutes for millions of
 -- rows; the engine must be stopped while this runs, as for any migration).
@@ -41,11 +46,11 @@ CREATE TABLE decision_ids (
     tx_id text        PRIMARY KEY,
     ts    timestamptz NOT NULL
 );
--- Retention deletes by day; ids arrive roughly in time order, so a block
+-- Retention deletes by time; ids arrive roughly in time order, so a block
 -- range index is enough and costs the sink almost nothing.
 CREATE INDEX decision_ids_ts ON decision_ids USING brin (ts);
 COMMENT ON TABLE decision_ids IS
-    'every decided tx_id once, with its ts: the unique key risk_decisions (partitioned by day) cannot have';
+    'every decided tx_id once, with its ts: the unique key risk_decisions (partitioned by month) cannot have';
 
 -- The views built on the three tables, to re-create after the swap (oid
 -- order is creation order, so a view comes after the ones it reads).
@@ -153,9 +158,10 @@ CREATE INDEX risk_decisions_rules_fired ON risk_decisions (ts) WHERE rules_fired
 CREATE INDEX risk_decisions_alerts_by_score ON risk_decisions (score DESC) WHERE decision <> 'approve';
 CREATE INDEX risk_decisions_review_queue ON risk_decisions (ts DESC) WHERE decision = 'review';
 
+-- The partition of `parent` holding `day`: <parent>_pYYYYMM of its month.
 CREATE FUNCTION decision_partition_name(parent text, day date) RETURNS text
 LANGUAGE sql IMMUTABLE AS $$
-    SELECT parent || '_p' || to_char(day, 'YYYYMMDD') || CASE WHEN day < date '0001-01-01' THEN 'bc' ELSE '' END
+    SELECT parent || '_p' || to_char(day, 'YYYYMM') || CASE WHEN day < date '0001-01-01' THEN 'bc' ELSE '' END
 $$;
 
 CREATE FUNCTION create_decision_partitions(days date[])
@@ -166,7 +172,7 @@ SET search_path = public, pg_temp
 SET lock_timeout = '5s'
 AS $$
 DECLARE
-    day date;
+    month date;
     parent text;
     part text;
     lo timestamptz;
@@ -175,23 +181,24 @@ DECLARE
 BEGIN
     -- One creator at a time (instances of the engine, the CLI).
     PERFORM pg_advisory_xact_lock(hashtext('riskstream.partitions'));
-    FOR day IN SELECT DISTINCT d FROM unnest(days) AS d WHERE d IS NOT NULL ORDER BY 1 LOOP
-        lo := day::timestamp AT TIME ZONE 'UTC';
-        hi := (day + 1)::timestamp AT TIME ZONE 'UTC';
+    FOR month IN SELECT DISTINCT date_trunc('month', d)::date FROM unnest(days) AS d
+                  WHERE d IS NOT NULL ORDER BY 1 LOOP
+        lo := month::timestamp AT TIME ZONE 'UTC';
+        hi := (month + interval '1 month')::timestamp AT TIME ZONE 'UTC';
         FOREACH parent IN ARRAY ARRAY['risk_decisions', 'attention_explanations', 'shadow_decisions'] LOOP
-            part := decision_partition_name(parent, day);
+            part := decision_partition_name(parent, month);
             CONTINUE WHEN to_regclass(part) IS NOT NULL;
             EXECUTE format('CREATE TABLE %I (LIKE %I INCLUDING DEFAULTS INCLUDING CONSTRAINTS)', part, parent);
-            -- Rows of this day that went to the default partition move in.
+            -- Rows of this month that went to the default partition move in.
             EXECUTE format('WITH moved AS (DELETE FROM %I WHERE ts >= $1 AND ts < $2 RETURNING *)
                             INSERT INTO %I SELECT * FROM moved', parent || '_default', part)
               USING lo, hi;
             -- The constraint lets ATTACH skip scanning the new partition.
             EXECUTE format('ALTER TABLE %I ADD CONSTRAINT %I CHECK (ts >= %L AND ts < %L)',
-                           part, part || '_day', lo, hi);
+                           part, part || '_range', lo, hi);
             EXECUTE format('ALTER TABLE %I ATTACH PARTITION %I FOR VALUES FROM (%L) TO (%L)',
                            parent, part, lo, hi);
-            EXECUTE format('ALTER TABLE %I DROP CONSTRAINT %I', part, part || '_day');
+            EXECUTE format('ALTER TABLE %I DROP CONSTRAINT %I', part, part || '_range');
             created := created + 1;
         END LOOP;
     END LOOP;
@@ -199,22 +206,26 @@ BEGIN
 END
 $$;
 
-CREATE FUNCTION drop_decision_days_before(cutoff date)
+-- Retention: every month that ended before cutoff's month began; the first
+-- days of the months dropped.
+CREATE FUNCTION drop_decisions_before(cutoff date)
 RETURNS date[] LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = public, pg_temp
 AS $$
 DECLARE
     p record;
     dropped date[] := '{}';
-    lo timestamptz := cutoff::timestamp AT TIME ZONE 'UTC';
+    kept_from date := date_trunc('month', cutoff)::date;
+    lo timestamptz := kept_from::timestamp AT TIME ZONE 'UTC';
 BEGIN
     PERFORM pg_advisory_xact_lock(hashtext('riskstream.partitions'));
-    -- Labels and reviews of the decisions that go (by their decision's day).
+    -- Labels and reviews of the decisions that go (by their decision's time).
     DELETE FROM labels l USING decision_ids i WHERE i.tx_id = l.tx_id AND i.ts < lo;
     DELETE FROM label_reviews r USING decision_ids i WHERE i.tx_id = r.tx_id AND i.ts < lo;
     DELETE FROM decision_ids WHERE ts < lo;
     FOR p IN
         SELECT c.relname AS part, parent.relname AS parent,
+               (substring(pg_get_expr(c.relpartbound, c.oid) FROM 'FROM \(''([^'']+)''\)'))::timestamptz AS lower_bound,
                (substring(pg_get_expr(c.relpartbound, c.oid) FROM 'TO \(''([^'']+)''\)'))::timestamptz AS upper_bound
           FROM pg_inherits h
           JOIN pg_class c ON c.oid = h.inhrelid
@@ -227,15 +238,15 @@ BEGIN
         EXECUTE format('ALTER TABLE %I DETACH PARTITION %I', p.parent, p.part);
         EXECUTE format('DROP TABLE %I', p.part);
         IF p.parent = 'risk_decisions' THEN
-            dropped := dropped || ((p.upper_bound AT TIME ZONE 'UTC')::date - 1);
+            dropped := dropped || (p.lower_bound AT TIME ZONE 'UTC')::date;
         END IF;
     END LOOP;
     DELETE FROM risk_decisions_default WHERE ts < lo;
     DELETE FROM attention_explanations_default WHERE ts < lo;
     DELETE FROM shadow_decisions_default WHERE ts < lo;
-    -- A dropped day is gone from every view, summaries included.
-    DELETE FROM decision_days WHERE day < cutoff;
-    DELETE FROM shadow_days WHERE day < cutoff;
+    -- A dropped month is gone from every view, summaries included.
+    DELETE FROM decision_days WHERE day < kept_from;
+    DELETE FROM shadow_days WHERE day < kept_from;
     RETURN (SELECT coalesce(array_agg(d ORDER BY d), '{}') FROM unnest(dropped) AS d);
 END
 $$;
@@ -250,9 +261,9 @@ ALTER TABLE attention_explanations_default OWNER TO riskstream_owner;
 ALTER TABLE shadow_decisions_default OWNER TO riskstream_owner;
 ALTER FUNCTION decision_partition_name(text, date) OWNER TO riskstream_owner;
 ALTER FUNCTION create_decision_partitions(date[]) OWNER TO riskstream_owner;
-ALTER FUNCTION drop_decision_days_before(date) OWNER TO riskstream_owner;
+ALTER FUNCTION drop_decisions_before(date) OWNER TO riskstream_owner;
 
--- The rows of before, in their days' partitions.
+-- The rows of before, in their months' partitions.
 SELECT create_decision_partitions(
            (SELECT coalesce(array_agg(DISTINCT (ts AT TIME ZONE 'UTC')::date), '{}')
               FROM unpartitioned_risk_decisions));
@@ -337,9 +348,9 @@ END
 $$;
 
 REVOKE EXECUTE ON FUNCTION create_decision_partitions(date[]) FROM PUBLIC;
-REVOKE EXECUTE ON FUNCTION drop_decision_days_before(date) FROM PUBLIC;
--- The engine creates its batches' days. Retention deletes decisions, which
--- the engine's login never does: `riskstream partitions` drops days as the
+REVOKE EXECUTE ON FUNCTION drop_decisions_before(date) FROM PUBLIC;
+-- The engine creates its batches' months. Retention deletes decisions, which
+-- the engine's login never does: `riskstream partitions` drops months as the
 -- migrating login (the owner).
 GRANT EXECUTE ON FUNCTION create_decision_partitions(date[]) TO riskstream_writer;
 
