@@ -539,9 +539,9 @@ explained AS (
 SELECT source_partition, source_offset FROM inserted
 """
 
-# The engine creates the day partitions of a batch's days before its transaction
+# The engine creates the month partitions of a batch's days before its transaction
 # (src/sink/partitions.rs); so does the baseline.
-CREATE_DAY_PARTITIONS = "SELECT create_decision_partitions(%s::date[])"
+CREATE_PARTITIONS = "SELECT create_decision_partitions(%s::date[])"
 
 UPSERT_OFFSET = """
 INSERT INTO kafka_offsets (consumer_group, topic, partition, next_offset, max_event_ts)
@@ -799,11 +799,12 @@ class Baseline:
             copy.write(stage.write_csv(include_header=False))
         return set(cur.execute(INSERT_DECISIONS, self.provenance).fetchall())
 
-    def ensure_day_partitions(self, txs: pl.DataFrame):
-        """The batch's days' partitions, created outside its transaction (as the engine does)."""
+    def ensure_partitions(self, txs: pl.DataFrame):
+        """The partitions of the batch's months (create_decision_partitions takes its days),
+        created outside its transaction, as the engine does."""
         days = set((txs["ts"] // MS_PER_DAY).unique().to_list()) - self.days_with_partitions
         if days:
-            self.db.execute(CREATE_DAY_PARTITIONS,
+            self.db.execute(CREATE_PARTITIONS,
                             [[dt.date(1970, 1, 1) + dt.timedelta(days=d) for d in sorted(days)]])
             self.days_with_partitions |= days
 
@@ -812,7 +813,7 @@ class Baseline:
         dead = list(b.dead_letters)
         written = 0
         if b.txs:
-            self.ensure_day_partitions(txs)
+            self.ensure_partitions(txs)
         with self.db.transaction(), self.db.cursor() as cur:
             if b.txs:
                 decisions = self.thresholds.decide(scored[0], txs["channel"].to_list())

@@ -554,6 +554,14 @@ def policy_section(out: Path) -> list[str]:
             "other on the same 2 cores with Kafka and PostgreSQL.", ""]
 
 
+def kept_sections(doc: Path) -> list[str]:
+    """The sections another tool writes (bench/sql_scale.py's "Analyst SQL at …"), as they are:
+    `make bench` rewrites everything before them."""
+    text = doc.read_text() if doc.exists() else ""
+    i = text.find("\n## Analyst SQL at ")
+    return [text[i + 1:].rstrip(), ""] if i >= 0 else []
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", type=Path, required=True)
@@ -585,6 +593,7 @@ def main():
         *scaling_section(a.out),
         *policy_section(a.out),
         *serve_section(a.out),
+        *kept_sections(a.doc),
     ]
     a.doc.write_text("\n".join(doc))
 

@@ -101,7 +101,7 @@ async fn retention_drops_whole_months_and_leaves_the_others_as_they_were() {
             .fetch_one(&world.pool)
             .await
             .unwrap();
-    assert!(labelled_dropped > 0, "dropped days have labels to drop");
+    assert!(labelled_dropped > 0, "the dropped month has labels to drop");
 
     let today = Utc::now().date_naive();
     let keep_days = (today - cutoff).num_days() + 1;
@@ -109,7 +109,7 @@ async fn retention_drops_whole_months_and_leaves_the_others_as_they_were() {
         format!("{shadow}\n[retention]\nkeep_days = {keep_days}\ncreate_ahead_days = 2\n");
     std::fs::write(&world.config_path, world.config_text(2, &retention)).unwrap();
 
-    // The engine's login may create days but not drop them: refused, and
+    // The engine's login may create months but not drop them: refused, and
     // the message says which login is needed. Nothing is dropped.
     let writer_only = world.config_path.with_file_name("writer-only.toml");
     let text = world.config_text(2, &retention).replace(
