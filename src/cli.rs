@@ -98,10 +98,7 @@ pub async fn partitions(config: &Config) -> Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     };
     let cutoff = today - chrono::Days::new(u64::from(keep) - 1);
-    let (url, key) = match &config.postgres.migrate_url {
-        Some(url) => (url, "postgres.migrate_url"),
-        None => (&config.postgres.url, "postgres.url"),
-    };
+    let (url, key) = config.postgres.owner_login();
     let owner = sink::connect(url.expose(), 1)
         .await
         .with_context(|| format!("connect as {key}"))?;
@@ -113,7 +110,7 @@ pub async fn partitions(config: &Config) -> Result<ExitCode> {
                 sink::schema::OWNER_ROLE
             )
         })?;
-    let kept_from = sink::partitions::month_of(cutoff.and_time(chrono::NaiveTime::MIN).and_utc());
+    let kept_from = sink::partitions::first_of_month(cutoff);
     let month = |d: &chrono::NaiveDate| d.format("%Y-%m").to_string();
     match (dropped.first(), dropped.last()) {
         (Some(first), Some(last)) => println!(
@@ -386,11 +383,7 @@ pub async fn evaluate(opts: crate::evaluate::Options, json: Option<&Path>) -> Re
 /// `riskstream migrate`: apply the migrations as `postgres.migrate_url` (a
 /// member of the schema's owner role), or `postgres.url` without it.
 pub async fn migrate(config: &Config) -> Result<ExitCode> {
-    let pg = &config.postgres;
-    let (url, key) = match &pg.migrate_url {
-        Some(url) => (url, "postgres.migrate_url"),
-        None => (&pg.url, "postgres.url"),
-    };
+    let (url, key) = config.postgres.owner_login();
     let pool = sink::connect(url.expose(), 2)
         .await
         .with_context(|| format!("connect as {key}"))?;

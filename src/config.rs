@@ -127,6 +127,17 @@ pub struct RetentionConfig {
     pub create_ahead_days: u32,
 }
 
+impl PostgresConfig {
+    /// The login that owns the schema (`migrate_url`, else `url`) and the
+    /// key that names it in messages.
+    pub fn owner_login(&self) -> (&Secret, &'static str) {
+        match &self.migrate_url {
+            Some(url) => (url, "postgres.migrate_url"),
+            None => (&self.url, "postgres.url"),
+        }
+    }
+}
+
 impl Default for RetentionConfig {
     fn default() -> Self {
         RetentionConfig {

@@ -21,9 +21,12 @@ const RETRY_AFTER: Duration = Duration::from_secs(60);
 
 /// The first day of the UTC month of a transaction time: its partition.
 pub fn month_of(ts: DateTime<Utc>) -> NaiveDate {
-    ts.date_naive()
-        .with_day(1)
-        .expect("every month has a first day")
+    first_of_month(ts.date_naive())
+}
+
+/// The first day of `day`'s month.
+pub fn first_of_month(day: NaiveDate) -> NaiveDate {
+    day.with_day(1).expect("every month has a first day")
 }
 
 /// The months a batch writes decisions for.
