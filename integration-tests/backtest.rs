@@ -215,7 +215,7 @@ action = "review"
     .unzip();
     let auc = riskstream::evaluate::metrics::roc_auc(&y, &scores).unwrap();
     assert!((m["champion"]["auc_roc"].as_f64().unwrap() - auc).abs() < 1e-9);
-    assert_eq!(m["challenger"]["model"], "fraud-attention-int8 v2");
+    assert_eq!(m["challenger"]["model"], crate::common::model_label(&int8));
     assert!(m["challenger"]["auc_roc"].as_f64().unwrap() > 0.5);
     world.drop_database().await;
 }

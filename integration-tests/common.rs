@@ -148,6 +148,18 @@ pub fn model_dir() -> PathBuf {
     repo_root().join("models/fraud-attention")
 }
 
+/// "name vVERSION" of the model in `dir`, as the engine names it in its
+/// reports and logs, read from its manifest.
+pub fn model_label(dir: &Path) -> String {
+    let m: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("manifest.json")).unwrap()).unwrap();
+    format!(
+        "{} v{}",
+        m["name"].as_str().unwrap(),
+        m["version"].as_str().unwrap()
+    )
+}
+
 /// The merchant language model every world's engine runs (`[language_model]`).
 pub fn lm_dir() -> PathBuf {
     repo_root().join("models/merchant-lm")

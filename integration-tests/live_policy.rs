@@ -309,7 +309,11 @@ async fn a_shadow_model_is_stored_beside_and_promoted_live() {
         "{models:?}"
     );
     assert!(
-        models[1].0 == "reload" && models[1].1.starts_with("champion fraud-attention-int8 v2"),
+        models[1].0 == "reload"
+            && models[1].1.starts_with(&format!(
+                "champion {}",
+                crate::common::model_label(&int8_dir())
+            )),
         "{models:?}"
     );
     world.drop_database().await;

@@ -63,6 +63,9 @@ CONFIGS = [
       for p in ("none", "sinusoidal", "learned", "alibi", "time")],
     cfg("gru-attention", "attn", "model", history="gru", positional="none"),
     cfg("lstm-attention", "attn", "model", history="lstm", positional="none"),
+    # The cheap encoder (issue 10: the model is most of the engine's CPU): each past
+    # transaction by an MLP on its own, then the same cross-attention; no self-attention.
+    cfg("mlp-attention", "attn", "model", history="mlp", positional="none"),
     cfg("transformer-sinusoidal-k5", "attn", "history length", k=5, history="transformer", positional="sinusoidal"),
     cfg("transformer-sinusoidal-k64", "attn", "history length", k=64, history="transformer",
         positional="sinusoidal"),
@@ -76,6 +79,7 @@ CONFIGS = [
         positional="sinusoidal"),
     cfg("transformer-none-28d", "attn", "training window", train_days=28, history="transformer",
         positional="none"),
+    cfg("mlp-attention-28d", "attn", "training window", train_days=28, history="mlp", positional="none"),
 ]
 
 

@@ -36,7 +36,8 @@ from fraudlib import metrics as M
 from fraudlib.models import input_stats
 from study import CONFIGS, OPERATING_POINT, RESULTS, build
 
-PRODUCTION = "transformer-none"  # docs/MODELS.md, "The production model"
+PRODUCTION = "mlp-attention"  # docs/MODELS.md, "The production model"
+VERSION = "3"  # of models/fraud-attention; v2 was transformer-none (self-attention over the history)
 OUTPUTS = ("score", "history_attention", "feature_attention")
 
 
@@ -159,7 +160,7 @@ def main():
         rel = str(data_path)
     manifest = {
         "name": "fraud-attention",
-        "version": "2",
+        "version": VERSION,
         "task": "fraud",
         "sha256": D.sha256_file(onnx_path),
         "inputs": [{"name": n, "dtype": "float32", "shape": s} for n, s in ins],

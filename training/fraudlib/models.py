@@ -3,7 +3,8 @@
 `FraudModel` is one attention architecture with switches, so that two rows of the
 comparison table differ in exactly the part they name:
 
-    history   none | transformer | gru | lstm       how the card's last K transactions are encoded
+    history   none | transformer | gru | lstm | mlp how the card's last K transactions are encoded
+              (mlp: each position on its own, no self-attention: the cheap encoder)
     position  none | sinusoidal | learned | alibi | time    (transformer only)
     fusion    add | concat | bias                   how an absolute position enters attention
 
@@ -37,7 +38,7 @@ LOG_SCALED = {
     "card_count_30d", "card_avg_amount_30d", "terminal_count_1d", "terminal_count_7d",
     "terminal_count_30d", "amount_ratio_30d", "card_count_10m",
 }
-HISTORY = ("none", "transformer", "gru", "lstm")
+HISTORY = ("none", "transformer", "gru", "lstm", "mlp")
 POSITIONAL = ("none", "sinusoidal", "learned", "alibi", "time")
 FUSION = ("add", "concat", "bias")
 
@@ -145,7 +146,7 @@ class FraudModel(nn.Module):
                  fusion: str = "add", d: int = 32, heads: int = 4):
         super().__init__()
         assert history in HISTORY and positional in POSITIONAL and fusion in FUSION
-        if history in ("gru", "lstm", "none"):
+        if history in ("gru", "lstm", "mlp", "none"):
             assert positional == "none" and fusion == "add", "position switches are transformer-only"
         self.k, self.d, self.heads = k, d, heads
         self.history_kind, self.positional, self.fusion = history, positional, fusion
@@ -163,7 +164,7 @@ class FraudModel(nn.Module):
             self.ln1, self.ln2 = nn.LayerNorm(d), nn.LayerNorm(d)
             self.self_attn = MaskedMHA(d, heads)
             self.ff = nn.Sequential(nn.Linear(d, 2 * d), nn.GELU(), nn.Linear(2 * d, d))
-        else:
+        elif history in ("gru", "lstm"):
             self.rnn = (nn.GRU if history == "gru" else nn.LSTM)(d, d, batch_first=True)
         self.query = nn.Sequential(nn.Linear(d, d), nn.GELU(), nn.Linear(d, d))
         self.cross = MaskedMHA(d, heads)
@@ -209,6 +210,10 @@ class FraudModel(nn.Module):
 
     def encode_history(self, history, mask):
         h = self.hist_in(self.norm.history(history, mask))  # [B,K,d]
+        if self.history_kind == "mlp":
+            # Each past transaction encoded on its own (they still carry their gap to the
+            # current one); the cross-attention below compares them with the current one.
+            return h, None
         if self.history_kind in ("gru", "lstm"):
             # Position 0 is the most recent transaction, padding is at the end: run from the
             # most recent backwards so padding never feeds into a real position's state.
