@@ -180,3 +180,82 @@ async fn stored_decisions_move_into_month_partitions() {
     pool.close().await;
     drop_scratch_database(db).await;
 }
+
+/// `threshold_version` lost its per-row foreign key for a per-statement check
+/// (migration 20261205000001): an insert or a COPY naming a version that is not
+/// in `threshold_sets` still fails as a foreign key violation and stores
+/// nothing, on decisions and on shadow decisions alike.
+#[tokio::test]
+async fn decisions_must_name_an_existing_threshold_set() {
+    use sqlx::postgres::PgPoolCopyExt;
+    let db = "riskstream_it_threshold_version";
+    let pool = PgPool::connect(&scratch_database(db, "postgres").await)
+        .await
+        .unwrap();
+    sink::schema::MIGRATOR.run(&pool).await.unwrap();
+    sqlx::query(
+        "INSERT INTO threshold_sets (version, content_sha256, thresholds, changed_by)
+         VALUES (1, 'x', '{}', 'test')",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    let decisions = |batch: &str, versions: &str| {
+        format!(
+            "INSERT INTO risk_decisions (tx_id, ts, card_id, terminal_id, amount, score, decision, model_name,
+                 model_version, model_sha256, threshold_version, features, state_complete, source_topic,
+                 source_partition, source_offset)
+             SELECT '{batch}' || o, timestamptz '2026-03-01 00:00+00', 'c', 'm', 1, 0.1, 'approve',
+                    'm', '1', 'abc', v, '{{1}}', true, 'tx', 0, o
+               FROM unnest('{{{versions}}}'::int[]) WITH ORDINALITY AS x(v, o)"
+        )
+    };
+    let refused = |sql: String| {
+        let pool = pool.clone();
+        async move {
+            match sqlx::query(&sql).execute(&pool).await {
+                Err(sqlx::Error::Database(e)) => {
+                    assert_eq!(e.code().as_deref(), Some("23503"), "{e}");
+                    e.message().to_string()
+                }
+                other => panic!("{sql} was not refused: {other:?}"),
+            }
+        }
+    };
+    sqlx::query(&decisions("ok", "1,1")).execute(&pool).await.unwrap();
+    let message = refused(decisions("bad", "1,7,1")).await;
+    assert!(message.contains("threshold_version 7"), "{message}");
+    let mut copy = pool
+        .copy_in_raw(
+            "COPY risk_decisions (tx_id, ts, card_id, terminal_id, amount, score, decision, model_name,
+                 model_version, model_sha256, threshold_version, features, state_complete, source_topic,
+                 source_partition, source_offset) FROM STDIN",
+        )
+        .await
+        .unwrap();
+    copy.send(
+        "c1\t2026-03-02 00:00+00\tc\tm\t1\t0.1\tapprove\tm\t1\tabc\t1\t{1}\tt\ttx\t0\t10\n\
+         c2\t2026-03-02 00:00+00\tc\tm\t1\t0.1\tapprove\tm\t1\tabc\t2\t{1}\tt\ttx\t0\t11\n"
+            .as_bytes(),
+    )
+    .await
+    .unwrap();
+    match copy.finish().await {
+        Err(sqlx::Error::Database(e)) => assert_eq!(e.code().as_deref(), Some("23503"), "{e}"),
+        other => panic!("a COPY naming version 2 was not refused: {other:?}"),
+    }
+    refused(
+        "INSERT INTO shadow_decisions (tx_id, ts, model_name, model_version, model_sha256, score, decision,
+             threshold_version, feature_weights, history_weights)
+         VALUES ('ok1', timestamptz '2026-03-01 00:00+00', 's', '1', 'def', 0.5, 'review', 3, '{}', '{}')"
+            .to_string(),
+    )
+    .await;
+    let stored: Vec<String> = sqlx::query_scalar("SELECT tx_id FROM risk_decisions ORDER BY 1")
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+    assert_eq!(stored, ["ok1", "ok2"], "only the first, valid insert");
+    pool.close().await;
+    drop_scratch_database(db).await;
+}

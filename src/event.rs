@@ -156,6 +156,14 @@ pub fn printable(reason: &str) -> String {
     out
 }
 
+/// So that code taking a batch of things that carry a transaction (the
+/// featurizer) takes plain transactions too.
+impl AsRef<Transaction> for Transaction {
+    fn as_ref(&self) -> &Transaction {
+        self
+    }
+}
+
 impl Transaction {
     /// Decode and validate one `transactions` record.
     pub fn decode(bytes: &[u8]) -> Result<Transaction, DecodeError> {

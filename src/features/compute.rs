@@ -33,8 +33,8 @@ const BURST_WINDOW_MS: i64 = 10 * 60_000;
 ///
 /// The history sequence is `cards.history_len()` long: the state is what
 /// remembers that many past transactions, so the two cannot disagree.
-pub fn featurize(
-    batch: &[Transaction],
+pub fn featurize<T: AsRef<Transaction>>(
+    batch: &[T],
     cards: &mut CardState,
     terminals: &TerminalStats,
     label_delay_days: i64,
@@ -50,7 +50,7 @@ pub fn featurize(
         history_tx_ids: Vec::with_capacity(n),
         mcc_context: Vec::with_capacity(n),
     };
-    for (i, tx) in batch.iter().enumerate() {
+    for (i, tx) in batch.iter().map(AsRef::as_ref).enumerate() {
         let ts_ms = tx.ts.timestamp_millis();
         let own = cents(tx.amount);
         let past = cards.past(&tx.card_id, ts_ms);
@@ -76,14 +76,23 @@ pub fn featurize(
         raw.ts_ms.push(ts_ms);
         raw.ecom.push(tx.channel == Some(Channel::Ecom));
 
-        // The history sequence, most recent first.
+        // The history sequence, most recent first. Same terminal / country:
+        // the state's copies of the current ones, compared by address (see
+        // `CardState::shared`); none means no remembered transaction names it.
+        let terminal = cards.shared(&tx.terminal_id);
+        let country = tx.country.as_deref().map(|c| cards.shared(c));
+        let same = |a: &Arc<str>, b: Option<&Arc<str>>| b.is_some_and(|b| Arc::ptr_eq(a, b));
         let mut ids = Vec::with_capacity(k.min(past.len()));
         for (pos, p) in past.tail(k).rev().enumerate() {
             let h = &mut out.history[(i * k + pos) * HISTORY_FIELD_COUNT..][..HISTORY_FIELD_COUNT];
             h[0] = p.amount.ln_1p() as f32;
             h[1] = (((ts_ms - p.ts_ms) as f64) / 1000.0).ln_1p() as f32;
-            h[2] = (p.terminal_id.as_ref() == tx.terminal_id) as u8 as f32;
-            h[3] = (p.country.as_deref() == tx.country.as_deref()) as u8 as f32;
+            h[2] = same(&p.terminal_id, terminal) as u8 as f32;
+            h[3] = match (&p.country, country) {
+                (None, None) => true,
+                (Some(a), Some(b)) => same(a, b),
+                _ => false,
+            } as u8 as f32;
             h[4] = p.ecom as u8 as f32;
             h[5] = (p.ts_ms.rem_euclid(MS_PER_DAY) as f64 / MS_PER_DAY as f64) as f32;
             out.history_mask[i * k + pos] = 1.0;
@@ -327,6 +336,64 @@ mod tests {
         assert_eq!(past.len(), MCC_CONTEXT_LEN);
         // The fraud model's inputs do not carry it.
         assert_eq!(rest.features.len(), rest.rows * NUM_FEATURES);
+    }
+
+    /// History fields 2 and 3 (same terminal, same country as the current
+    /// transaction), whether the past came through the stream or from
+    /// storage (other copies of the same strings), and with countries absent.
+    #[test]
+    fn history_says_which_past_transactions_share_terminal_and_country() {
+        let flags = |b: &FeatureBatch, row: usize| -> Vec<(f32, f32)> {
+            let k = HISTORY_LEN;
+            (0..k)
+                .filter(|pos| b.history_mask[row * k + pos] == 1.0)
+                .map(|pos| {
+                    let h = &b.history[(row * k + pos) * HISTORY_FIELD_COUNT..];
+                    (h[2], h[3])
+                })
+                .collect()
+        };
+        let terms = TerminalStats::default();
+        let mut no_country = tx("n", "c", "t1", 3 * H, 1.0, "");
+        no_country.country = None;
+        let stream = vec![
+            tx("a", "c", "t1", H, 1.0, "FR"),
+            tx("b", "c", "t2", 2 * H, 1.0, "DE"),
+            no_country.clone(),
+            tx("d", "c", "t1", 4 * H, 1.0, "FR"),
+            tx("e", "c", "t9", 5 * H, 1.0, "IT"),
+        ];
+        let mut no_country_now = tx("f", "c", "t2", 6 * H, 1.0, "");
+        no_country_now.country = None;
+        let mut cards = CardState::default();
+        let mut all = stream.clone();
+        all.push(no_country_now.clone());
+        let b = featurize(&all, &mut cards, &terms, 7).unwrap();
+        // Most recent first: d sees n, b, a.
+        assert_eq!(flags(&b, 3), [(1.0, 0.0), (0.0, 0.0), (1.0, 1.0)]);
+        // A terminal and a country no past transaction had.
+        assert_eq!(flags(&b, 4), [(0.0, 0.0); 4]);
+        // No country now: only n (no country either) matches.
+        assert_eq!(
+            flags(&b, 5),
+            [(0.0, 0.0), (0.0, 0.0), (0.0, 1.0), (1.0, 0.0), (0.0, 0.0)]
+        );
+
+        // The same past loaded from storage: fresh copies of every string.
+        let mut loaded = CardState::default();
+        let copies = stream
+            .iter()
+            .map(|t| {
+                let mut p = past_tx(t);
+                p.terminal_id = Arc::from(p.terminal_id.to_string());
+                p.country = p.country.map(|c| Arc::from(c.to_string()));
+                p
+            })
+            .collect();
+        loaded.load("c".into(), copies);
+        let again = featurize(&[no_country_now], &mut loaded, &terms, 7).unwrap();
+        assert_eq!(flags(&again, 0), flags(&b, 5));
+        assert_eq!(again.history, b.history[5 * again.history.len()..]);
     }
 
     #[test]

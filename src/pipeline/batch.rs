@@ -21,6 +21,12 @@ pub struct Sourced {
     pub kafka_ts_ms: Option<i64>,
 }
 
+impl AsRef<Transaction> for Sourced {
+    fn as_ref(&self) -> &Transaction {
+        &self.tx
+    }
+}
+
 /// A decoded batch, before featurization.
 #[derive(Debug, Default)]
 pub struct Assembled {

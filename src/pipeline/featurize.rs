@@ -6,7 +6,6 @@
 use super::stage::{Backoff, EngineError, Item, Shared, Work};
 use super::watermark::{Readiness, TerminalLoader};
 use super::{batch, event_time};
-use crate::event::Transaction;
 use crate::features::{self, CardState, TerminalStats};
 use crate::ingest::{self, Ingested};
 use crate::sink::{self, DeadLetter};
@@ -308,8 +307,8 @@ async fn build_work(
     let mut missing: Vec<String> = work
         .txs
         .iter()
+        .filter(|s| !cards.contains(&s.tx.card_id))
         .map(|s| s.tx.card_id.clone())
-        .filter(|c| !cards.contains(c))
         .collect();
     missing.sort();
     missing.dedup();
@@ -332,16 +331,17 @@ async fn build_work(
         }
     }
 
-    // Polars on the blocking pool; the state moves there and back.
-    let txs: Vec<Transaction> = work.txs.iter().map(|s| s.tx.clone()).collect();
+    // Polars on the blocking pool; the batch and the state move there and back.
+    let txs = std::mem::take(&mut work.txs);
     let delay = shared.config.features.label_delay_days;
     let mut state = (std::mem::take(cards), std::mem::take(terminals));
-    let (result, returned) = tokio::task::spawn_blocking(move || {
+    let (result, txs, returned) = tokio::task::spawn_blocking(move || {
         let r = features::featurize(&txs, &mut state.0, &state.1, delay);
-        (r, state)
+        (r, txs, state)
     })
     .await
     .map_err(|e| EngineError::Other(format!("featurize task: {e}")))?;
+    work.txs = txs;
     (*cards, *terminals) = returned;
     // Cards idle for longer than any window reload from Postgres if seen again.
     let newest = work
