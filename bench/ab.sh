@@ -13,7 +13,8 @@
 # binary, started in its DIR (where its config/ and migrations are),
 # consumes all of them into a fresh database of its own, one after the
 # other. Prints wall time, CPU seconds and tx/s per label; logs go to
-# bench/.out/ab-LABEL.log. An older build is made with e.g.
+# bench/.out/ab-LABEL.log. Each run's database is dropped after it. An older
+# build is made with e.g.
 #   git worktree add /tmp/base <commit> && (cd /tmp/base && cargo build --release)
 # (sharing CARGO_TARGET_DIR: copy each binary out before building the next).
 set -euo pipefail
@@ -76,4 +77,7 @@ for spec in "$@"; do
   wait "$pid" || true
   awk -v l="$label" -v a="$start" -v b="$end" -v n="$N" -v c="$cpu" \
     'BEGIN { printf "%s: %d tx in %.1f s wall, %.1f s CPU, %.0f tx/s\n", l, n, b - a, c, n / (b - a) }'
+  # So that the next run does not share the cores with this one's autovacuum
+  # and checkpoint (which made later runs of the same build up to 30 % slower).
+  "${PSQL[@]}" -d riskstream -c "DROP DATABASE $db WITH (FORCE)" -c "CHECKPOINT"
 done

@@ -222,7 +222,10 @@ async fn decisions_must_name_an_existing_threshold_set() {
             }
         }
     };
-    sqlx::query(&decisions("ok", "1,1")).execute(&pool).await.unwrap();
+    sqlx::query(&decisions("ok", "1,1"))
+        .execute(&pool)
+        .await
+        .unwrap();
     let message = refused(decisions("bad", "1,7,1")).await;
     assert!(message.contains("threshold_version 7"), "{message}");
     let mut copy = pool

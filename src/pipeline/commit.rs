@@ -32,9 +32,10 @@ pub(super) async fn sink_stage(
             Item::Batch(w) => w,
         };
         let t = Instant::now();
-        let rows = work.rows();
         let mut work = work;
+        // The decide stage moved the batch's contents into these rows.
         let batch = work.decided.take().expect("the decide stage ran");
+        let rows = batch.rows();
         if !partitions.ensure(&shared.pool, &batch).await {
             shared.metrics.partition_failures.inc();
         }
@@ -75,7 +76,7 @@ pub(super) async fn sink_stage(
         m.in_flight.sub(rows);
         shared
             .health
-            .committed(rows, work.state_complete || work.txs.is_empty());
+            .committed(rows, work.state_complete || batch.decisions.is_empty());
         m.batch_rows.observe(rows as f64);
         m.stage_took("sink", t);
         m.stage_took("total", work.started);

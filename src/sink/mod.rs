@@ -401,6 +401,13 @@ pub struct SinkBatch {
     pub offsets: Vec<OffsetUpdate>,
 }
 
+impl SinkBatch {
+    /// The records it accounts for: decided, dead-lettered, labels.
+    pub fn rows(&self) -> i64 {
+        (self.decisions.len() + self.dead_letters.len() + self.labels.len()) as i64
+    }
+}
+
 /// What a committed batch amounted to.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Written {
