@@ -562,6 +562,73 @@ def kept_sections(doc: Path) -> list[str]:
     return [text[i + 1:].rstrip(), ""] if i >= 0 else []
 
 
+# Issue 10's targets: (label, key, bound, "min"/"max"); keys are filled in by targets_section.
+TARGETS = [
+    ("≥ 30,000 decisions/s sustained", "tx_s", 30_000, "min"),
+    ("≥ 3× the Python baseline (decisions/s)", "vs_python", 3.0, "min"),
+    ("≥ 10× the per-message consumer (decisions/s)", "vs_naive", 10.0, "min"),
+    ("CPU ≤ 30 ms per 1k transactions (engine process)", "cpu", 30.0, "max"),
+    ("latency p50 ≤ 15 ms at 5,000 tx/s", "p50", 15.0, "max"),
+    ("latency p99 ≤ 50 ms at 5,000 tx/s", "p99", 50.0, "max"),
+    ("latency p99 ≤ 250 ms at 20,000 tx/s", "p99_20k", 250.0, "max"),
+]
+
+
+def targets_section(out: Path) -> list[str]:
+    """Issue 10's targets against this run's numbers: met, or short by how much; and
+    where the engine's time goes (its last profile and the stage means)."""
+    t = {s: load(out, f"throughput-{s}.json") for s in (*SYSTEMS, NAIVE)}
+    lat = load(out, "latency-engine.json")
+    if not t.get("engine"):
+        return []
+    rate = lambda s: (t[s]["rows_committed"] / t[s]["first_to_last_commit_seconds"]) if t.get(s) else None
+    got = {
+        "tx_s": rate("engine"),
+        "vs_python": rate("engine") / rate("python") if rate("python") else None,
+        "vs_naive": rate("engine") / rate(NAIVE) if rate(NAIVE) else None,
+        "cpu": 1e6 * t["engine"]["cpu_seconds"] / t["engine"]["transactions"],
+        "p50": lat["p50_ms"] if lat and lat.get("offered_rate") == 5000 else None,
+        "p99": lat["p99_ms"] if lat and lat.get("offered_rate") == 5000 else None,
+        "p99_20k": None,
+    }
+    rows = ["| target | measured | |", "|---|---:|---|"]
+    for label, key, bound, kind in TARGETS:
+        v = got[key]
+        if v is None:
+            rows.append(f"| {label} | — | not measured in this run |")
+            continue
+        ok = v >= bound if kind == "min" else v <= bound
+        digits = 1 if key in ("cpu", "p50", "p99") else (0 if key == "tx_s" else 1)
+        shown = f"{v:,.{digits}f}" + ("×" if key.startswith("vs_") else "")
+        verdict = "met" if ok else (f"**not met**: {100 * (1 - v / bound):.0f} % short" if kind == "min"
+                                    else f"**not met**: {v / bound:.1f}× the bound")
+        rows.append(f"| {label} | {shown} | {verdict} |")
+    doc = ["## Issue 10's targets, against this run", "", *rows, ""]
+    prof = ROOT / "docs/img/profile-engine.txt"
+    if prof.exists():
+        lines = prof.read_text().splitlines()
+        head = next((l.lstrip("# ") for l in lines if l.startswith("# riskstream run profile")), "")
+        areas = []
+        start = next(i for i, l in enumerate(lines) if l.startswith("## Where the samples are"))
+        for l in lines[start + 1:]:
+            if not l.strip():
+                if areas:
+                    break
+                continue
+            areas.append(l.strip())
+        doc += ["Where the engine's CPU goes, from its last profile (`scripts/profile.sh`, "
+                f"[`docs/img/profile-engine.svg`](img/profile-engine.svg); {head}): "
+                + "; ".join(a.replace("  ", " ") for a in areas) + ".", ""]
+    metrics = out / "throughput-engine.metrics"
+    if metrics.is_file():
+        stages, _ = engine_stages(metrics.read_text())
+        named = [(n, v) for n, v in stages if not n.startswith(" ") and not n.startswith("total")]
+        slowest = max(named, key=lambda x: x[1])
+        doc += [f"The slowest stage of this throughput run, which bounds it: {slowest[0]}, "
+                f"{slowest[1]:.1f} ms per batch (the stage table above).", ""]
+    return doc
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", type=Path, required=True)
@@ -590,6 +657,7 @@ def main():
         "system under test.",
         "",
         *stack_section(a.out, a.model_dir, commit),
+        *targets_section(a.out),
         *scaling_section(a.out),
         *policy_section(a.out),
         *serve_section(a.out),

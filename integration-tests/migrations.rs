@@ -1,9 +1,17 @@
-//! Migrations that move data: what was stored before them reads the same after.
+//! Migrations: what was stored before them reads the same after, and what
+//! they check is still checked.
 
 use crate::common::{drop_scratch_database, migrations_before, scratch_database};
 use riskstream::features::FEATURE_NAMES;
 use riskstream::sink;
 use sqlx::PgPool;
+
+/// A fresh, empty database `db`, owned by `postgres`.
+async fn scratch_pool(db: &str) -> PgPool {
+    PgPool::connect(&scratch_database(db, "postgres").await)
+        .await
+        .unwrap()
+}
 
 /// `risk_decisions.features` went from a JSON object by name to `real[]` in
 /// the model's input order: every stored decision's values land at their
@@ -11,9 +19,7 @@ use sqlx::PgPool;
 #[tokio::test]
 async fn stored_features_move_to_model_input_order() {
     let db = "riskstream_it_migrate_features";
-    let pool = PgPool::connect(&scratch_database(db, "postgres").await)
-        .await
-        .unwrap();
+    let pool = scratch_pool(db).await;
     let before = migrations_before(20261202000001);
     before.run(&pool).await.unwrap();
     // Names in model order; a stored object lists them in another order
@@ -79,9 +85,7 @@ async fn stored_features_move_to_model_input_order() {
 #[tokio::test]
 async fn stored_decisions_move_into_month_partitions() {
     let db = "riskstream_it_migrate_partitions";
-    let pool = PgPool::connect(&scratch_database(db, "postgres").await)
-        .await
-        .unwrap();
+    let pool = scratch_pool(db).await;
     migrations_before(20261204000001).run(&pool).await.unwrap();
     for sql in [
         "INSERT INTO model_versions (name, version, sha256, task, feature_names, manifest)
@@ -189,9 +193,7 @@ async fn stored_decisions_move_into_month_partitions() {
 async fn decisions_must_name_an_existing_threshold_set() {
     use sqlx::postgres::PgPoolCopyExt;
     let db = "riskstream_it_threshold_version";
-    let pool = PgPool::connect(&scratch_database(db, "postgres").await)
-        .await
-        .unwrap();
+    let pool = scratch_pool(db).await;
     sink::schema::MIGRATOR.run(&pool).await.unwrap();
     sqlx::query(
         "INSERT INTO threshold_sets (version, content_sha256, thresholds, changed_by)

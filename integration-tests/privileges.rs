@@ -89,7 +89,7 @@ async fn the_writer_inserts_and_advances_offsets_but_never_rewrites_history() {
 
     // Everything the engine writes, through the engine's own functions
     // where they exist.
-    let manifest = riskstream::scoring::Manifest::read(&model_dir()).unwrap();
+    let manifest = riskstream::onnx::Manifest::read(&model_dir()).unwrap();
     sink::register_model(&writer, &manifest).await.unwrap();
     sink::register_model(&writer, &manifest).await.unwrap();
     let set = thresholds();

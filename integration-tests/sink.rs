@@ -9,7 +9,7 @@ use chrono::{DateTime, Utc};
 use riskstream::config::ThresholdConfig;
 use riskstream::decision::{Decision, Policy};
 use riskstream::event::{Channel, Transaction};
-use riskstream::scoring::Manifest;
+use riskstream::onnx::Manifest;
 use riskstream::sink::{
     self, DeadLetter, DecisionRow, Mode, ModelId, OffsetUpdate, Provenance, PublishDeadLetters,
     ShadowRow, SinkBatch,

@@ -50,31 +50,34 @@ path, n, secs, commit = sys.argv[1:]
 total = 0
 self_time = collections.Counter()
 areas = collections.Counter()
-# Where a sample's stack is, by the first matching frame from the top.
-AREAS = [("ONNX Runtime", ("onnxruntime", "Ort", "ort::")),
-         ("polars (featurize)", ("polars",)),
-         ("featurize (Rust)", ("riskstream::features", "riskstream::pipeline::featurize", "riskstream::pipeline::batch")),
-         ("Postgres client (sqlx)", ("sqlx", "riskstream::sink")),
-         ("decide", ("riskstream::pipeline::decide", "riskstream::decision")),
-         ("Kafka (librdkafka, consumer)", ("rd_kafka", "rdkafka", "riskstream::ingest")),
-         ("JSON (serde)", ("serde_json",)),
-         ("allocator", ("malloc", "free", "realloc", "memcpy", "memmove"))]
+# Where a sample is: the innermost frame of its stack that names one of these areas
+# (a frame "names" polars when it is polars code, not when a type in it mentions polars).
+def starts(*prefixes):
+    return lambda f: f.lstrip("<").startswith(prefixes)
+def contains(*parts):
+    return lambda f: any(p in f for p in parts)
+AREAS = [("ONNX Runtime", starts("[libonnxruntime", "onnxruntime", "Ort", "ort::")),
+         ("polars (feature columns)", starts("polars")),
+         ("featurize (Rust: decode, state)", starts("riskstream::features", "riskstream::pipeline::featurize",
+                                                   "riskstream::pipeline::batch", "riskstream::event")),
+         ("Postgres client (sqlx, sink)", starts("sqlx", "riskstream::sink", "riskstream::pipeline::commit")),
+         ("decide", starts("riskstream::pipeline::decide", "riskstream::decision")),
+         ("Kafka (librdkafka, consumer)", starts("rd_", "rdkafka", "riskstream::ingest")),
+         ("JSON (serde)", starts("serde_json")),
+         ("allocator, memcpy", contains("malloc", "free", "realloc", "memcpy", "memmove", "unlink_chunk", "tcache"))]
 for line in open(path):
     stack, count = line.rsplit(" ", 1)
     count = int(count)
     frames = stack.split(";")
     total += count
     self_time[frames[-1]] += count
-    for name, keys in AREAS:
-        if any(k in f for f in frames for k in keys):
-            areas[name] += count
-            break
-    else:
-        areas["other (tokio, threads, kernel)"] += count
+    area = next((name for f in reversed(frames) for name, named in AREAS if named(f)),
+                "other (tokio, threads, kernel)")
+    areas[area] += count
 print(f"# riskstream run profile: {commit}, {n} pre-loaded transactions, perf -F 499 --call-graph dwarf for {secs} s")
 print(f"# {total} samples of the engine process; flamegraph beside this file (.svg), folded stacks (.folded.gz)")
 print()
-print("## Where the samples are (first matching area, checked in this order)")
+print("## Where the samples are (the innermost frame that names an area)")
 for name, c in areas.most_common():
     print(f"{100 * c / total:6.1f} %  {name}")
 print()

@@ -173,7 +173,7 @@ pub async fn list_models(root: &Path, json: bool) -> Result<ExitCode> {
             m.state,
             m.dir
         );
-        let list = |specs: &[crate::scoring::manifest::TensorSpec]| {
+        let list = |specs: &[crate::onnx::manifest::TensorSpec]| {
             specs
                 .iter()
                 .map(registry::describe)
@@ -305,7 +305,7 @@ pub fn check_config(path: &Path) -> Result<ExitCode> {
             return Ok(ExitCode::FAILURE);
         }
     }
-    let manifest = crate::scoring::Manifest::read(&config.model.dir)?;
+    let manifest = crate::onnx::Manifest::read(&config.model.dir)?;
     match crate::decision::Policy::compile(
         &config.thresholds,
         &config.rules,

@@ -17,6 +17,7 @@ pub mod health;
 pub mod ingest;
 pub mod metrics;
 pub mod models;
+pub mod onnx;
 pub mod pipeline;
 pub mod progress;
 pub mod registry;

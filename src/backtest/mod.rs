@@ -63,7 +63,7 @@ pub fn candidate(
     let t = &mut config.thresholds;
     t.review = review.unwrap_or(t.review);
     t.decline = decline.unwrap_or(t.decline);
-    let manifest = crate::scoring::Manifest::read(&config.model.dir)?;
+    let manifest = crate::onnx::Manifest::read(&config.model.dir)?;
     let mut problems = config.validate();
     match Policy::compile(&config.thresholds, &config.rules, &manifest.feature_names) {
         Ok(policy) if problems.is_empty() => Ok((policy, manifest.feature_names.len())),

@@ -18,8 +18,8 @@
 
 use super::{in_manifest_order, io_index, manifest_str, read_json, ModelError};
 use crate::features::{FeatureBatch, MCC_CONTEXT_LEN};
+use crate::onnx::manifest::DType;
 use crate::registry::{Data, LoadOptions, LoadedModel, Tensor};
-use crate::scoring::manifest::DType;
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;

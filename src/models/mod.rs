@@ -80,7 +80,7 @@ fn io_index(
     model: &LoadedModel,
     outputs: bool,
     name: &str,
-    dtype: crate::scoring::manifest::DType,
+    dtype: crate::onnx::manifest::DType,
 ) -> Result<usize, ModelError> {
     let specs = if outputs {
         &model.outputs

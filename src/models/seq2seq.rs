@@ -19,8 +19,8 @@
 //! on the blocking pool, never on an async worker.
 
 use super::{in_manifest_order, io_index, manifest_str, read_json, ModelError};
+use crate::onnx::manifest::DType;
 use crate::registry::{Data, LoadedModel, Registry, Tensor};
-use crate::scoring::manifest::DType;
 use std::cmp::Ordering;
 use std::collections::HashMap;
 use std::path::Path;

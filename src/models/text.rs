@@ -14,8 +14,8 @@
 //! the blocking pool); it never runs a model on an async worker.
 
 use super::{in_manifest_order, io_index, read_json, ModelError};
+use crate::onnx::manifest::DType;
 use crate::registry::{Data, LoadedModel, Registry, Tensor};
-use crate::scoring::manifest::DType;
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;

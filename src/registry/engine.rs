@@ -1,17 +1,16 @@
-//! What runs one served model: its ONNX Runtime session pool and one run
-//! of it ([`Engine`]), and how a run fails ([`InferError`]). Below both the
-//! model (`model.rs`: loading, verifying, serving) and its batcher
-//! (`batch.rs`), which share an engine.
+//! What runs one served model: its session pool (of the shared ONNX Runtime
+//! core, [`crate::onnx`]) and one run of it ([`Engine`]), and how a run fails
+//! ([`InferError`]). Below both the model (`model.rs`: loading, verifying,
+//! serving) and its batcher (`batch.rs`), which share an engine.
 
 use super::tensor::Tensor;
 use crate::metrics::ServeMetrics;
-use crate::scoring::manifest::TensorSpec;
+use crate::onnx::{SessionPool, TensorSpec};
 use ort::session::{Session, SessionInputValue};
 use std::borrow::Cow;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Instant;
-use tokio::sync::Semaphore;
 
 /// How an inference request failed; the HTTP layer maps these to statuses.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -27,28 +26,6 @@ pub enum InferError {
     Unavailable(String),
     #[error("model {model}: {message}")]
     Internal { model: String, message: String },
-}
-
-/// Sessions handed out one per run; the semaphore counts the free ones.
-pub(super) struct SessionPool {
-    pub(super) sessions: Mutex<Vec<Session>>,
-    pub(super) permits: Arc<Semaphore>,
-}
-
-impl SessionPool {
-    fn take(&self) -> Option<Session> {
-        self.sessions
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .pop()
-    }
-
-    fn put(&self, s: Session) {
-        self.sessions
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(s);
-    }
 }
 
 /// What runs a model: shared by its [`LoadedModel`] and its batcher task, so
@@ -156,7 +133,7 @@ impl Engine {
     ) -> Result<Vec<Tensor>, InferError> {
         let permit = self
             .pool
-            .permits
+            .permits()
             .clone()
             .acquire_owned()
             .await
@@ -172,7 +149,7 @@ impl Engine {
     }
 
     pub(crate) async fn acquire(self: &Arc<Self>) -> Option<tokio::sync::OwnedSemaphorePermit> {
-        self.pool.permits.clone().acquire_owned().await.ok()
+        self.pool.permits().clone().acquire_owned().await.ok()
     }
 
     pub(crate) fn observe_batch(&self, inputs: &[Tensor], requests: usize) {

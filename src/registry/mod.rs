@@ -1,7 +1,7 @@
 //! The model registry: every directory under a models root that has a
 //! `manifest.json`, loaded, verified and served by its manifest name.
 //!
-//! All models share the single ONNX Runtime environment of [`crate::scoring`].
+//! All models share the single ONNX Runtime environment of [`crate::onnx`].
 //! A background poller ([`Registry::watch`]) compares each directory's
 //! fingerprint (the manifest's sha256 plus the size and mtime of its files);
 //! a changed or new directory is loaded and verified off the request path and
@@ -19,7 +19,7 @@ pub use model::{fits, InferError, LoadError, LoadOptions, LoadedModel};
 pub use tensor::{Data, Tensor};
 
 use crate::metrics::ServeMetrics;
-use crate::scoring::manifest::TensorSpec;
+use crate::onnx::manifest::TensorSpec;
 use serde::Serialize;
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -181,7 +181,7 @@ impl Registry {
                             .map(|e| format!("newer files failed to load, still serving: {e}")),
                     },
                     None => {
-                        let manifest = crate::scoring::Manifest::read(&self.root.join(dir)).ok();
+                        let manifest = crate::onnx::Manifest::read(&self.root.join(dir)).ok();
                         ModelStatus {
                             dir: dir.clone(),
                             name: manifest.as_ref().map(|m| m.name.clone()),

@@ -7,16 +7,17 @@
 //! runs ONNX Runtime on an async worker.
 
 use super::batch::{self, BatchOptions, Job};
+use super::engine::Engine;
 pub use super::engine::InferError;
-use super::engine::{Engine, SessionPool};
 use super::tensor::Tensor;
 use crate::metrics::ServeMetrics;
-use crate::scoring::manifest::{DType, Manifest, TensorSpec};
+use crate::onnx::manifest::{DType, Manifest, TensorSpec};
+use crate::onnx::SessionPool;
 use ort::session::{builder::GraphOptimizationLevel, Session};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
-use std::sync::{Arc, Mutex, OnceLock};
-use tokio::sync::{mpsc, oneshot, Semaphore};
+use std::sync::{Arc, OnceLock};
+use tokio::sync::{mpsc, oneshot};
 
 /// Golden outputs must match within this absolute difference (int outputs exactly).
 pub const GOLDEN_TOLERANCE: f64 = 1e-5;
@@ -102,7 +103,7 @@ impl LoadedModel {
         let bytes = manifest
             .verify_file(dir)
             .map_err(|e| fail(name, vec![e.to_string()]))?;
-        let env = crate::scoring::environment().map_err(|e| fail(name, vec![e.to_string()]))?;
+        let env = crate::onnx::environment().map_err(|e| fail(name, vec![e.to_string()]))?;
         let mut sessions = Vec::with_capacity(opts.sessions.max(1));
         for _ in 0..opts.sessions.max(1) {
             let session = Session::builder(env)
@@ -123,10 +124,7 @@ impl LoadedModel {
         let refused = manifest.extra.get("batching") == Some(&serde_json::Value::Bool(false));
         let engine = Arc::new(Engine {
             name: manifest.name.clone(),
-            pool: SessionPool {
-                permits: Arc::new(Semaphore::new(sessions.len())),
-                sessions: Mutex::new(sessions),
-            },
+            pool: SessionPool::new(sessions),
             input_names: inputs.iter().map(|s| s.name.clone()).collect(),
             outputs: outputs.clone(),
             batch_dim,

@@ -4,7 +4,7 @@
 //! requests along dim 0 and splitting the outputs back) and the conversions
 //! to and from ONNX Runtime values and nested JSON lists (golden files).
 
-use crate::scoring::manifest::DType;
+use crate::onnx::manifest::DType;
 use ort::session::SessionInputValue;
 use ort::value::{DynValue, TensorRef};
 

@@ -1,27 +1,23 @@
-//! Model scoring through ONNX Runtime.
-//!
-//! This module owns the ONNX Runtime environment, model verification at
-//! startup and a pool of sessions (one per worker thread). Inference is CPU
-//! work: [`Scorer::score`] hands it to tokio's blocking pool and never runs it
-//! on an async worker.
+//! The fraud model's scoring: its contract with the featurizer, checked at
+//! startup (IO names and shapes, golden outputs), and its runs on a pool of
+//! sessions of the shared ONNX Runtime core ([`crate::onnx`]). Inference is
+//! CPU work: [`Scorer::score`] hands it to tokio's blocking pool and never
+//! runs it on an async worker.
 //!
 //! The engine only runs models that take the whole fraud contract and explain
 //! their scores ([`Contract::Engine`]); offline evaluation also runs models
 //! with another history length or only some of the inputs, such as a
 //! features-only baseline ([`Contract::ScoreOnly`]).
 
-pub mod manifest;
-
 use crate::features::{
     FeatureBatch, FEATURE_NAMES, HISTORY_FIELD_COUNT, HISTORY_LEN, NUM_FEATURES,
 };
-pub use manifest::{Manifest, ManifestError};
+use crate::onnx::{environment, Manifest, ManifestError, RuntimeError, SessionPool, TensorSpec};
 use ort::session::{builder::GraphOptimizationLevel, Session, SessionInputValue};
 use ort::value::TensorRef;
 use std::borrow::Cow;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, OnceLock};
-use tokio::sync::Semaphore;
+use std::sync::Arc;
 
 /// The fraud model's contract with the featurizer.
 pub const FRAUD_INPUTS: [&str; 3] = ["features", "history", "history_mask"];
@@ -53,43 +49,14 @@ struct Io {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ScoringError {
-    #[error("ONNX Runtime library: {0} (set ORT_DYLIB_PATH to libonnxruntime.so, e.g. run `make setup`)")]
-    Runtime(String),
+    #[error(transparent)]
+    Runtime(#[from] RuntimeError),
     #[error(transparent)]
     Manifest(#[from] ManifestError),
     #[error("model {model}: {message}")]
     Contract { model: String, message: String },
     #[error("model {model}: inference failed: {message}")]
     Inference { model: String, message: String },
-}
-
-/// Where the ONNX Runtime shared library is: `ORT_DYLIB_PATH`, as `make setup` installs it.
-pub fn runtime_library() -> Result<PathBuf, ScoringError> {
-    let path = std::env::var_os("ORT_DYLIB_PATH")
-        .map(PathBuf::from)
-        .ok_or_else(|| ScoringError::Runtime("ORT_DYLIB_PATH is not set".into()))?;
-    if !path.is_file() {
-        return Err(ScoringError::Runtime(format!(
-            "{} does not exist",
-            path.display()
-        )));
-    }
-    Ok(path)
-}
-
-/// ONNX Runtime allows one environment per process; every model shares it.
-pub(crate) fn environment() -> Result<&'static ort::environment::Environment, ScoringError> {
-    static ENV: OnceLock<Result<ort::environment::Environment, String>> = OnceLock::new();
-    ENV.get_or_init(|| {
-        let lib = runtime_library().map_err(|e| e.to_string())?;
-        ort::init_from(&lib)
-            .map_err(|e| format!("cannot load {}: {e}", lib.display()))?
-            .with_name("riskstream")
-            .build()
-            .map_err(|e| e.to_string())
-    })
-    .as_ref()
-    .map_err(|e| ScoringError::Runtime(e.clone()))
 }
 
 /// Open any ONNX model file in the shared environment, on one thread, without
@@ -118,8 +85,7 @@ pub struct Scored {
 pub struct Scorer {
     pub manifest: Manifest,
     pub dir: PathBuf,
-    sessions: Arc<Mutex<Vec<Session>>>,
-    permits: Arc<Semaphore>,
+    pool: Arc<SessionPool>,
     max_batch: usize,
     /// Sessions in the pool: a batch is split into at most this many parts.
     workers: usize,
@@ -179,9 +145,8 @@ impl Scorer {
         Ok(Scorer {
             manifest,
             dir: dir.to_owned(),
-            permits: Arc::new(Semaphore::new(sessions.len())),
             workers: sessions.len(),
-            sessions: Arc::new(Mutex::new(sessions)),
+            pool: Arc::new(SessionPool::new(sessions)),
             max_batch: max_batch.max(1),
             io,
         })
@@ -218,20 +183,17 @@ impl Scorer {
         rows: std::ops::Range<usize>,
     ) -> Result<Vec<Scored>, ScoringError> {
         let _permit = self
-            .permits
+            .pool
+            .permits()
             .acquire()
             .await
             .expect("the semaphore is never closed");
-        let sessions = self.sessions.clone();
+        let pool = self.pool.clone();
         let (name, max_batch, io) = (self.manifest.name.clone(), self.max_batch, self.io.clone());
         tokio::task::spawn_blocking(move || {
-            let mut session = sessions
-                .lock()
-                .expect("pool lock")
-                .pop()
-                .expect("a permit guarantees a session");
+            let mut session = pool.take().expect("a permit guarantees a session");
             let result = run_chunks(&mut session, &batch, rows, max_batch, &io);
-            sessions.lock().expect("pool lock").push(session);
+            pool.put(session);
             result.map_err(|message| ScoringError::Inference {
                 model: name,
                 message,
@@ -246,14 +208,9 @@ impl Scorer {
 
     /// Score synchronously on the calling thread (tools, tests, benchmarks).
     pub fn score_blocking(&self, batch: &FeatureBatch) -> Result<Vec<Scored>, ScoringError> {
-        let mut session = self
-            .sessions
-            .lock()
-            .expect("pool lock")
-            .pop()
-            .expect("no concurrent blocking use");
+        let mut session = self.pool.take().expect("no concurrent blocking use");
         let result = run_chunks(&mut session, batch, 0..batch.rows, self.max_batch, &self.io);
-        self.sessions.lock().expect("pool lock").push(session);
+        self.pool.put(session);
         result.map_err(|message| ScoringError::Inference {
             model: self.manifest.name.clone(),
             message,
@@ -342,7 +299,7 @@ fn check_golden(
     Ok(())
 }
 
-fn names(specs: &[manifest::TensorSpec]) -> Vec<String> {
+fn names(specs: &[TensorSpec]) -> Vec<String> {
     specs.iter().map(|t| t.name.clone()).collect()
 }
 
@@ -430,7 +387,7 @@ fn check_score_contract(m: &Manifest) -> Result<Io, String> {
 }
 
 /// The declared shape matches `want` beyond the batch dimension, as float32.
-fn check_shape(spec: &manifest::TensorSpec, want: &[i64]) -> Result<(), String> {
+fn check_shape(spec: &TensorSpec, want: &[i64]) -> Result<(), String> {
     let dims_match =
         spec.shape.len() == want.len() && spec.shape.iter().zip(want).skip(1).all(|(a, b)| a == b);
     if !dims_match || spec.dtype != "float32" {

@@ -8,9 +8,9 @@
 //! default. Pure functions over bytes: no I/O, and no input makes them panic;
 //! every refusal is one message naming the tensor and what was expected.
 
+use crate::onnx::manifest::{DType, TensorSpec};
 use crate::registry::tensor::{element_count, Data, Tensor};
 use crate::registry::{fits, LoadedModel};
-use crate::scoring::manifest::{DType, TensorSpec};
 use serde::Serialize;
 use serde_json::Value;
 

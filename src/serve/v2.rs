@@ -8,8 +8,8 @@
 
 use super::protocol::{self, Signature};
 use crate::metrics::ServeMetrics;
+use crate::onnx::manifest::TensorSpec;
 use crate::registry::{BatchOptions, InferError, LoadOptions, LoadedModel, Registry};
-use crate::scoring::manifest::TensorSpec;
 use axum::body::Body;
 use axum::extract::{Path, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};

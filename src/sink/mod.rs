@@ -19,7 +19,7 @@ pub mod state;
 
 use crate::decision::Policy;
 use crate::features;
-use crate::scoring::Manifest;
+use crate::onnx::Manifest;
 use chrono::{DateTime, Utc};
 use copy::BinaryCopy;
 use sqlx::postgres::{PgPool, PgPoolOptions};

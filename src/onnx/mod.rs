@@ -1,0 +1,83 @@
+//! The ONNX Runtime core every model runs on — the stream's fraud scorer
+//! ([`crate::scoring`]) and the model server's registry ([`crate::registry`])
+//! alike: the process's one environment, the pool of sessions a model is run
+//! with, and the manifest a model directory carries (its tensors, their names,
+//! types and shapes). Nothing here knows what a model is for.
+
+pub mod manifest;
+
+pub use manifest::{DType, Manifest, ManifestError, TensorSpec};
+use ort::session::Session;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, OnceLock};
+use tokio::sync::Semaphore;
+
+/// The ONNX Runtime library cannot be found or loaded.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error(
+    "ONNX Runtime library: {0} (set ORT_DYLIB_PATH to libonnxruntime.so, e.g. run `make setup`)"
+)]
+pub struct RuntimeError(pub String);
+
+/// Where the ONNX Runtime shared library is: `ORT_DYLIB_PATH`, as `make setup` installs it.
+pub fn runtime_library() -> Result<PathBuf, RuntimeError> {
+    let path = std::env::var_os("ORT_DYLIB_PATH")
+        .map(PathBuf::from)
+        .ok_or_else(|| RuntimeError("ORT_DYLIB_PATH is not set".into()))?;
+    if !path.is_file() {
+        return Err(RuntimeError(format!("{} does not exist", path.display())));
+    }
+    Ok(path)
+}
+
+/// ONNX Runtime allows one environment per process; every model shares it.
+pub(crate) fn environment() -> Result<&'static ort::environment::Environment, RuntimeError> {
+    static ENV: OnceLock<Result<ort::environment::Environment, String>> = OnceLock::new();
+    ENV.get_or_init(|| {
+        let lib = runtime_library().map_err(|e| e.0)?;
+        ort::init_from(&lib)
+            .map_err(|e| format!("cannot load {}: {e}", lib.display()))?
+            .with_name("riskstream")
+            .build()
+            .map_err(|e| e.to_string())
+    })
+    .as_ref()
+    .map_err(|e| RuntimeError(e.clone()))
+}
+
+/// One model's sessions, handed out one per run: a caller holds a permit
+/// while it holds a session, so [`SessionPool::take`] finds one then.
+pub(crate) struct SessionPool {
+    sessions: Mutex<Vec<Session>>,
+    permits: Arc<Semaphore>,
+}
+
+impl SessionPool {
+    pub(crate) fn new(sessions: Vec<Session>) -> SessionPool {
+        SessionPool {
+            permits: Arc::new(Semaphore::new(sessions.len())),
+            sessions: Mutex::new(sessions),
+        }
+    }
+
+    /// One permit per session.
+    pub(crate) fn permits(&self) -> &Arc<Semaphore> {
+        &self.permits
+    }
+
+    /// A free session (there is one while the caller holds a permit).
+    pub(crate) fn take(&self) -> Option<Session> {
+        self.sessions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .pop()
+    }
+
+    /// Give a session back after a run.
+    pub(crate) fn put(&self, s: Session) {
+        self.sessions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(s);
+    }
+}
