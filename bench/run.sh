@@ -15,6 +15,8 @@
 #      offers BENCH_LATENCY_RATE tx/s; latency = Postgres commit time of the
 #      decision - Kafka append time of the record. Not python-naive: it
 #      cannot keep up with the offered rate, so its latency is its backlog.
+#      The engine again at BENCH_LATENCY_HIGH_RATE (20000; 0 = not) with
+#      BENCH_LATENCY_HIGH_TRANSACTIONS (500000).
 #   3. Policy (system "policy", bench/policy.sh): the engine with three rules and
 #      with a shadow model beside the stock engine, on one pre-loaded stream of
 #      BENCH_POLICY_TRANSACTIONS (300000).
@@ -36,6 +38,9 @@ cd "$(dirname "$0")/.."
 N="${BENCH_TRANSACTIONS:-1000000}"
 LAT_N="${BENCH_LATENCY_TRANSACTIONS:-150000}"
 LAT_RATE="${BENCH_LATENCY_RATE:-5000}"
+# The engine's second latency run, near its capacity (0: none).
+HIGH_RATE="${BENCH_LATENCY_HIGH_RATE:-20000}"
+HIGH_N="${BENCH_LATENCY_HIGH_TRANSACTIONS:-500000}"
 MODEL_DIR="$(realpath "${BENCH_MODEL_DIR:-models/fraud-attention}")"
 SYSTEMS="${BENCH_SYSTEMS:-engine python policy serve}"
 # How many of the pre-loaded transactions "python-naive" consumes for throughput.
@@ -184,15 +189,16 @@ throughput() {
 JSON
 }
 
-# latency SYSTEM: fresh topics, the system first, then LAT_N transactions at
-# LAT_RATE tx/s -> $OUT/latency-SYSTEM.json.
+# latency SYSTEM [RATE N NAME]: fresh topics, the system first, then N (LAT_N)
+# transactions at RATE (LAT_RATE) tx/s -> $OUT/NAME.json (latency-SYSTEM).
 latency() {
-  local system="$1" prefix="$RUN-latency-$1" db="bench_${1//-/_}_latency" log="$OUT/latency-$1.log"
-  say "latency: $system at $LAT_RATE tx/s"
+  local system="$1" rate="${2:-$LAT_RATE}" n="${3:-$LAT_N}" name="${4:-latency-$1}"
+  local prefix="$RUN-$name" db="bench_${name//-/_}" log="$OUT/$name.log"
+  say "latency: $system at $rate tx/s"
   create_topics "$prefix"
   start "$system" "$prefix" "$db" "$log"
   local produced produced_at
-  produced=$(simulate "$prefix" --transactions "$LAT_N" --seed 2 --rate "$LAT_RATE")
+  produced=$(simulate "$prefix" --transactions "$n" --seed 2 --rate "$rate")
   produced_at=$(date +%s.%N)
   wait_committed "$system" "$db" "$prefix.transactions" "$produced" "$log"
   stop
@@ -205,7 +211,7 @@ latency() {
     s AS (SELECT min(kafka_ts) + interval '10 s' AS since, max(kafka_ts) - interval '10 s' AS last10 FROM l)
     -- Whether lag grows: the median of the first and of the last 10 s of steady-state input.
     SELECT json_build_object(
-      'system', '$system', 'transactions', $produced, 'offered_rate', $LAT_RATE,
+      'system', '$system', 'transactions', $produced, 'offered_rate', $rate,
       'steady_rows', count(*),
       'p50_ms', round(percentile_cont(0.5) WITHIN GROUP (ORDER BY ms)::numeric, 1),
       'p99_ms', round(percentile_cont(0.99) WITHIN GROUP (ORDER BY ms)::numeric, 1),
@@ -215,7 +221,7 @@ latency() {
       'p50_last_10s_ms', round((percentile_cont(0.5) WITHIN GROUP (ORDER BY ms)
                                 FILTER (WHERE kafka_ts >= s.last10))::numeric, 1),
       'drain_after_producer_s', round((extract(epoch FROM max(committed)) - $produced_at)::numeric, 2))
-      FROM l, s WHERE l.kafka_ts >= s.since" >"$OUT/latency-$system.json"
+      FROM l, s WHERE l.kafka_ts >= s.since" >"$OUT/$name.json"
 }
 
 mkdir -p "$OUT"
@@ -225,6 +231,7 @@ for system in $SYSTEMS; do
     rm -f "$OUT"/serve.json "$OUT"/serve.*.log
   else
     rm -f "$OUT"/{throughput,latency,run}-"$system".*
+    [[ $system != engine ]] || rm -f "$OUT"/latency-engine-high.*
   fi
 done
 
@@ -247,6 +254,10 @@ if [[ -n $STACK_SYSTEMS ]]; then
   # python-naive is a throughput reference only: at a few hundred tx/s it
   # cannot keep up with the offered rate, so its "latency" is just its backlog.
   for system in $STACK_SYSTEMS; do [[ $system == python-naive ]] || latency "$system"; done
+  # The engine near its capacity: does the lag stay steady, and what is p99 there?
+  if [[ " $STACK_SYSTEMS " == *" engine "* && $HIGH_RATE != 0 ]]; then
+    latency engine "$HIGH_RATE" "$HIGH_N" latency-engine-high
+  fi
   # Which run each system's results come from, for the report.
   naive_knob=""
   [[ " $STACK_SYSTEMS " != *" python-naive "* ]] || naive_knob="BENCH_NAIVE_TRANSACTIONS=$NAIVE_N "
@@ -254,7 +265,7 @@ if [[ -n $STACK_SYSTEMS ]]; then
     cat >"$OUT/run-$system.json" <<JSON
 {"system": "$system", "commit": "$(git describe --always --dirty 2>/dev/null || echo unknown)",
  "finished_at": "$(date -u +%Y-%m-%dT%H:%M:%SZ)",
- "command": "BENCH_TRANSACTIONS=$N ${naive_knob}BENCH_LATENCY_TRANSACTIONS=$LAT_N BENCH_LATENCY_RATE=$LAT_RATE BENCH_SYSTEMS=\"${STACK_SYSTEMS% }\" make bench"}
+ "command": "BENCH_TRANSACTIONS=$N ${naive_knob}BENCH_LATENCY_TRANSACTIONS=$LAT_N BENCH_LATENCY_RATE=$LAT_RATE BENCH_LATENCY_HIGH_RATE=$HIGH_RATE BENCH_LATENCY_HIGH_TRANSACTIONS=$HIGH_N BENCH_SYSTEMS=\"${STACK_SYSTEMS% }\" make bench"}
 JSON
   done
 fi

@@ -109,10 +109,12 @@ async fn kill_9_mid_stream_and_restart_changes_nothing() {
 async fn two_instances_one_killed_mid_stream() {
     let clean = baseline().await;
     let world = World::new("pair", 4).await;
-    let (produced, _) = world.produce_simulated(N, SEED);
+    // Both members own partitions before the stream arrives: with the
+    // stream already there, the first member to join could decide all of
+    // it before the second one got its partitions (seen once the engine
+    // drained 50k records faster), and nothing would be killed mid-stream.
     let mut a = world.start_engine("a");
     let mut b = world.start_engine("b");
-    // Kill b once both members own partitions and the stream is flowing.
     let owners = format!(
         "SELECT count(DISTINCT owner) FROM kafka_offsets WHERE topic = '{}'",
         world.topic("transactions")
@@ -125,6 +127,8 @@ async fn two_instances_one_killed_mid_stream() {
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+    let (produced, _) = world.produce_simulated(N, SEED);
+    // Kill b once the stream is flowing.
     world
         .wait_for_decisions(&mut b, 5_000, Duration::from_secs(120))
         .await;

@@ -163,6 +163,13 @@ pub struct PipelineConfig {
     pub channel_capacity_rows: usize,
     /// Blocking threads running ONNX Runtime sessions, one session each.
     pub scoring_workers: usize,
+    /// Batches featurized but not yet committed, at most: a new batch
+    /// closes only while fewer are in flight (unless it is full or its
+    /// `batch_max_wait_ms` has passed), so at low load batches do not queue
+    /// in front of the slowest stage; under load they grow instead. 3 lets
+    /// featurize, score and the sink each work on a batch at once.
+    #[serde(default = "defaults::max_batches_in_flight")]
+    pub max_batches_in_flight: usize,
     /// How long a batch may wait for the terminal/label watermark before it is
     /// scored anyway and marked `state_complete = false`.
     pub state_wait_ms: u64,
@@ -384,6 +391,9 @@ mod defaults {
     pub fn max_in_flight_bytes() -> usize {
         64 << 20
     }
+    pub fn max_batches_in_flight() -> usize {
+        3
+    }
     pub fn changed_by() -> String {
         "unknown".into()
     }
@@ -396,6 +406,7 @@ impl Default for PipelineConfig {
             batch_max_wait_ms: 50,
             channel_capacity_rows: 20_000,
             scoring_workers: 2,
+            max_batches_in_flight: defaults::max_batches_in_flight(),
             state_wait_ms: 30_000,
             shutdown_deadline_ms: 10_000,
             max_in_flight_bytes: defaults::max_in_flight_bytes(),
@@ -637,6 +648,12 @@ impl Config {
         }
         if pl.scoring_workers == 0 {
             bad("pipeline.scoring_workers", "must be at least 1".into());
+        }
+        if pl.max_batches_in_flight == 0 {
+            bad(
+                "pipeline.max_batches_in_flight",
+                "must be at least 1".into(),
+            );
         }
         if !(0..=60).contains(&self.features.label_delay_days) {
             bad(

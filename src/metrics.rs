@@ -35,6 +35,13 @@ pub struct Metrics {
     pub model_seconds: Histogram,
     /// Rows per committed batch.
     pub batch_rows: Histogram,
+    /// Seconds from a transaction's Kafka timestamp to the start of its
+    /// batch's featurization (`at="featurize"`: reading and waiting for a
+    /// batch to close or for the watermark) and to its decision's commit
+    /// (`at="commit"`: the end-to-end latency). The broker's append time
+    /// when the topic is `message.timestamp.type=LogAppendTime`, else the
+    /// producer's clock.
+    pub record_age_seconds: HistogramVec,
     /// Sink transactions retried after a transient Postgres error.
     pub sink_retries: IntCounter,
     /// Every Postgres operation retried after a transient error, by the
@@ -76,6 +83,16 @@ pub struct Metrics {
 }
 
 impl Metrics {
+    /// The ages of records with these Kafka timestamps (ms) now, `at` a
+    /// point of the pipeline (a label of `record_age_seconds`).
+    pub fn record_ages(&self, at: &str, kafka_ts_ms: impl Iterator<Item = i64>) {
+        let h = self.record_age_seconds.with_label_values(&[at]);
+        let now = chrono::Utc::now().timestamp_millis();
+        for ts in kafka_ts_ms {
+            h.observe((now - ts).max(0) as f64 / 1000.0);
+        }
+    }
+
     /// One batch's time in `stage` (a label of `stage_seconds`), since `started`.
     pub fn stage_took(&self, stage: &str, started: std::time::Instant) {
         self.stage_seconds
@@ -145,6 +162,17 @@ impl Metrics {
             batch_rows: Histogram::with_opts(
                 HistogramOpts::new("riskstream_batch_rows", "Rows per batch")
                     .buckets(vec![1.0, 10.0, 100.0, 500.0, 1000.0, 2000.0, 5000.0]),
+            )
+            .unwrap(),
+            record_age_seconds: HistogramVec::new(
+                HistogramOpts::new(
+                    "riskstream_record_age_seconds",
+                    "Seconds from a transaction's Kafka timestamp to its batch's featurization (at=featurize) and to its commit (at=commit)",
+                )
+                .buckets(
+                    [latency(), vec![30.0, 60.0, 300.0]].concat(),
+                ),
+                &["at"],
             )
             .unwrap(),
             sink_retries: IntCounter::new(
@@ -270,6 +298,9 @@ impl Metrics {
             .register(Box::new(m.model_seconds.clone()))
             .unwrap();
         m.registry.register(Box::new(m.batch_rows.clone())).unwrap();
+        m.registry
+            .register(Box::new(m.record_age_seconds.clone()))
+            .unwrap();
         m.registry
             .register(Box::new(m.sink_retries.clone()))
             .unwrap();

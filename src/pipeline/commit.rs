@@ -54,6 +54,13 @@ pub(super) async fn sink_stage(
                 m.mcc_surprise.observe(f64::from(s));
             }
         }
+        m.record_ages(
+            "commit",
+            batch
+                .decisions
+                .iter()
+                .filter_map(|d| d.kafka_ts.map(|t| t.timestamp_millis())),
+        );
         for kind in &written.dead_kinds {
             m.dead_letters.with_label_values(&[kind]).inc();
         }

@@ -3,7 +3,7 @@
 //! when they need it, lose their duplicate tx_ids, and are featurized with
 //! polars against the cards' and terminals' state.
 
-use super::stage::{Backoff, EngineError, Item, Shared, Work};
+use super::stage::{Backoff, EngineError, InFlight, Item, Shared, Work};
 use super::watermark::{Readiness, TerminalLoader};
 use super::{batch, event_time};
 use crate::features::{self, CardState, TerminalStats};
@@ -20,7 +20,8 @@ use tracing::Instrument;
 const DOWNSTREAM_TICK: Duration = Duration::from_millis(1);
 
 /// Collect records into batches (adaptively: see the read below; ≤ N rows,
-/// ≤ T ms), decode, and featurize.
+/// ≤ T ms), decode, and featurize. At most `in_flight`'s places of batches
+/// are between here and their commit.
 ///
 /// Records wait in [`batch::Pending`] per partition; batches are taken oldest
 /// first. A batch whose terminal days are not closed yet goes back, and the
@@ -31,6 +32,7 @@ pub(super) async fn featurize_stage(
     mut loader: Option<TerminalLoader>,
     revoking: Arc<AtomicBool>,
     pauses: Arc<ingest::PauseRequests>,
+    in_flight: InFlight,
     mut input: mpsc::Receiver<Ingested>,
     out: mpsc::Sender<Item>,
 ) -> Result<(), EngineError> {
@@ -55,12 +57,16 @@ pub(super) async fn featurize_stage(
         // fault-free baseline, frozen at 547k records).
         pauses.set(pending.partitions_over(p.channel_capacity_rows / 2));
         // Read: wait for work when there is none, then close the batch as
-        // soon as the next stage has nothing queued and nothing more is
-        // waiting in the channel (adaptive micro-batching: at low load a
-        // batch is what arrived meanwhile, so latency is the stages' own
-        // time; under load the stages are busy, batches grow and each
-        // stage's per-batch cost is shared by more rows), at a full batch,
-        // or `batch_max_wait_ms` after its first record. While blocked on
+        // soon as the next stage has nothing queued, fewer than
+        // `max_batches_in_flight` batches are between here and their
+        // commit, and nothing more is waiting in the channel (adaptive
+        // micro-batching: at low load a batch is what arrived meanwhile, so
+        // latency is the stages' own time; under load the stages are busy,
+        // batches grow and each stage's per-batch cost is shared by more
+        // rows), at a full batch, or `batch_max_wait_ms` after its first
+        // record. Without the in-flight bound, small batches queued in
+        // front of the sink at 5k tx/s (its cost is mostly per batch), and
+        // waited there longer than all the stages' work together. While blocked on
         // the watermark: read for up to 20 ms, without a row cap (the
         // pauses bound it).
         let mut barrier = None;
@@ -70,7 +76,7 @@ pub(super) async fn featurize_stage(
                 (!idle).then(|| tokio::time::Instant::now() + Duration::from_millis(20));
             loop {
                 let open = blocked_since.is_none() && !pending.is_empty();
-                let downstream_free = out.capacity() == out.max_capacity();
+                let downstream_free = out.capacity() == out.max_capacity() && in_flight.free();
                 if open && downstream_free && input.is_empty() {
                     break;
                 }
@@ -167,8 +173,9 @@ pub(super) async fn featurize_stage(
             if readiness == Readiness::Incomplete {
                 shared.metrics.incomplete_state.inc();
             }
+            let place = in_flight.take().await;
             let span = tracing::debug_span!("featurize", rows = piece.rows());
-            let work = build_work(
+            let mut work = build_work(
                 &shared,
                 piece.assemble(),
                 readiness == Readiness::Complete,
@@ -178,6 +185,7 @@ pub(super) async fn featurize_stage(
             )
             .instrument(span)
             .await?;
+            work._in_flight = Some(place);
             if out.send(Item::Batch(Box::new(work))).await.is_err() {
                 return Ok(());
             }
@@ -282,6 +290,7 @@ async fn build_work(
     let started = Instant::now();
     let mut work = Work {
         started,
+        _in_flight: None,
         txs: a.txs,
         labels: a.labels,
         dead_letters: a.dead_letters,
@@ -295,6 +304,9 @@ async fn build_work(
         decided: None,
     };
     shared.metrics.in_flight.add(work.rows());
+    shared
+        .metrics
+        .record_ages("featurize", work.txs.iter().filter_map(|s| s.kafka_ts_ms));
     shared.health.read(work.rows());
     if work.txs.is_empty() {
         return Ok(work);

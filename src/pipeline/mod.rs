@@ -388,6 +388,7 @@ fn spawn_pipeline(
                 loader,
                 revoking,
                 pauses,
+                stage::InFlight::new(shared.config.pipeline.max_batches_in_flight),
                 records_rx,
                 featurized_tx,
             )),

@@ -66,6 +66,9 @@ pub(super) struct Shared {
 /// A batch on its way through the stages.
 pub(super) struct Work {
     pub(super) started: Instant,
+    /// Its place among the pipeline's batches in flight, given back when the
+    /// batch is dropped (after its commit); see [`InFlight`].
+    pub(super) _in_flight: Option<tokio::sync::OwnedSemaphorePermit>,
     pub(super) txs: Vec<batch::Sourced>,
     pub(super) labels: Vec<LabelRow>,
     pub(super) dead_letters: Vec<DeadLetter>,
@@ -88,6 +91,32 @@ impl Work {
     /// Records this batch answers for: its offsets cover them all.
     pub(super) fn rows(&self) -> i64 {
         (self.txs.len() + self.labels.len() + self.dead_letters.len()) as i64
+    }
+}
+
+/// The pipeline's batches between featurize and commit, at most
+/// `pipeline.max_batches_in_flight`: the featurize stage closes a batch
+/// while one of these places is free, and each batch holds its place until
+/// it is dropped after its commit.
+#[derive(Clone)]
+pub(super) struct InFlight(Arc<tokio::sync::Semaphore>);
+
+impl InFlight {
+    pub(super) fn new(places: usize) -> Self {
+        InFlight(Arc::new(tokio::sync::Semaphore::new(places)))
+    }
+
+    pub(super) fn free(&self) -> bool {
+        self.0.available_permits() > 0
+    }
+
+    /// Wait for a place (only a full or timed-out batch waits here).
+    pub(super) async fn take(&self) -> tokio::sync::OwnedSemaphorePermit {
+        self.0
+            .clone()
+            .acquire_owned()
+            .await
+            .expect("the semaphore is never closed")
     }
 }
 
