@@ -12,7 +12,8 @@
 # batch, and the median age of a record when its batch starts featurizing
 # (reading from Kafka, waiting for a batch to close or for the watermark) and
 # when it is committed (over all rows, warm-up included). KEY=VALUE pairs are extra environment for that run,
-# e.g. fast=$BIN:RISKSTREAM_PIPELINE__BATCH_MAX_WAIT_MS=2
+# e.g. fast=$BIN:RISKSTREAM_PIPELINE__BATCH_MAX_WAIT_MS=2. LATENCY_SIMULATE_ARGS:
+# more arguments to the simulator (e.g. "--cards 100000").
 set -euo pipefail
 cd "$(dirname "$0")/.."
 : "${KAFKA_BROKERS:?source scripts/env.sh first}"
@@ -47,7 +48,8 @@ for spec in "$@"; do
   env "${ENV[@]}" "$bin" run 2>"$OUT/lat-$label.log" &
   pid=$!
   trap 'kill -TERM $pid 2>/dev/null || true' EXIT
-  produced=$(env "${ENV[@]}" "$bin" simulate --transactions "$N" --seed 2 --rate "$RATE" |
+  # shellcheck disable=SC2086  # LATENCY_SIMULATE_ARGS is a list of arguments
+  produced=$(env "${ENV[@]}" "$bin" simulate --transactions "$N" --seed 2 --rate "$RATE" ${LATENCY_SIMULATE_ARGS:-} |
              sed -n 's/^produced \([0-9]*\) transactions.*/\1/p')
   done=0
   while (( done < produced )); do

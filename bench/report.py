@@ -240,6 +240,7 @@ def stack_section(out: Path, model_dir: Path, commit: str) -> list[str]:
     rate = next((r["offered_rate"] for r in lat.values() if r), None)
     at_rate = f" at {rate:,} tx/s" if rate else ""
     lat_n = next((r["transactions"] for r in lat.values() if r), 0)
+    cards = next((r.get("cards", 0) for r in lat.values() if r), 0)
     commands = [next((runs[s]["command"] for s in SYSTEMS if runs[s]),
                      f"BENCH_TRANSACTIONS={n} BENCH_LATENCY_TRANSACTIONS={lat_n} BENCH_LATENCY_RATE={rate} "
                      "BENCH_SYSTEMS=\"engine python\" make bench")]
@@ -271,8 +272,14 @@ def stack_section(out: Path, model_dir: Path, commit: str) -> list[str]:
         f"- Throughput: {n:,} transactions from `riskstream simulate --seed 1`, pre-loaded into fresh "
         "4-partition topics; each system consumes all of them into its own fresh database. Decisions/s count "
         "committed rows (decisions + dead letters).",
-        f"- Latency: each system runs on fresh empty topics while `riskstream simulate --seed 2 --rate {rate}` "
-        f"offers {lat_n:,} transactions. Latency of a decision = `pg_xact_commit_timestamp(xmin) - kafka_ts`: "
+        f"- Latency: each system runs on fresh empty topics while `riskstream simulate --seed 2 --rate {rate}"
+        + (f" --cards {cards}" if cards else "") + f"` offers {lat_n:,} transactions"
+        + (f" of {cards:,} cards (so the stream spans about a day: a day closes, with its watermark wait and "
+           "terminal-state load, about once in it, not every ~0.4 s as in the simulator's default world of "
+           "~1,200 cards over ~90 days, which `BENCH_LATENCY_CARDS=0` measures)" if cards else
+           " of the simulator's default world (~1,200 cards over ~90 days: a simulated day closes every ~0.4 s "
+           "of wall time at 5k tx/s, each with a watermark wait and a terminal-state load)") + "."
+        f" Latency of a decision = `pg_xact_commit_timestamp(xmin) - kafka_ts`: "
         "its Postgres commit time minus the Kafka append time of the record (topics use LogAppendTime). "
         "Percentiles are over the steady state: records appended 10 s or more after the first one.",
         "- CPU and peak RSS are the system's own process (`/proc/<pid>/stat` user+sys, `VmHWM` just before "

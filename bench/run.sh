@@ -16,7 +16,8 @@
 #      decision - Kafka append time of the record. Not python-naive: it
 #      cannot keep up with the offered rate, so its latency is its backlog.
 #      The engine again at BENCH_LATENCY_HIGH_RATE (20000; 0 = not) with
-#      BENCH_LATENCY_HIGH_TRANSACTIONS (500000).
+#      BENCH_LATENCY_HIGH_TRANSACTIONS (500000). The latency stream comes from
+#      BENCH_LATENCY_CARDS cards (100000; 0 = the simulator's default world).
 #   3. Policy (system "policy", bench/policy.sh): the engine with three rules and
 #      with a shadow model beside the stock engine, on one pre-loaded stream of
 #      BENCH_POLICY_TRANSACTIONS (300000).
@@ -38,6 +39,14 @@ cd "$(dirname "$0")/.."
 N="${BENCH_TRANSACTIONS:-1000000}"
 LAT_N="${BENCH_LATENCY_TRANSACTIONS:-150000}"
 LAT_RATE="${BENCH_LATENCY_RATE:-5000}"
+# Cards of the latency runs' stream (0: the simulator's default world, whose ~1,200
+# cards spread any number of transactions over ~90 days, so that at 5k tx/s a
+# simulated day closes every ~0.4 s of wall time and each close is a watermark
+# wait and a terminal-state load; with 100k cards 150k transactions span under
+# a day, as a few seconds of a real stream do).
+LAT_CARDS="${BENCH_LATENCY_CARDS:-100000}"
+LAT_CARDS_ARGS=()
+[[ $LAT_CARDS == 0 ]] || LAT_CARDS_ARGS=(--cards "$LAT_CARDS")
 # The engine's second latency run, near its capacity (0: none).
 HIGH_RATE="${BENCH_LATENCY_HIGH_RATE:-20000}"
 HIGH_N="${BENCH_LATENCY_HIGH_TRANSACTIONS:-500000}"
@@ -198,7 +207,7 @@ latency() {
   create_topics "$prefix"
   start "$system" "$prefix" "$db" "$log"
   local produced produced_at
-  produced=$(simulate "$prefix" --transactions "$n" --seed 2 --rate "$rate")
+  produced=$(simulate "$prefix" --transactions "$n" --seed 2 --rate "$rate" "${LAT_CARDS_ARGS[@]}")
   produced_at=$(date +%s.%N)
   wait_committed "$system" "$db" "$prefix.transactions" "$produced" "$log"
   stop
@@ -211,7 +220,7 @@ latency() {
     s AS (SELECT min(kafka_ts) + interval '10 s' AS since, max(kafka_ts) - interval '10 s' AS last10 FROM l)
     -- Whether lag grows: the median of the first and of the last 10 s of steady-state input.
     SELECT json_build_object(
-      'system', '$system', 'transactions', $produced, 'offered_rate', $rate,
+      'system', '$system', 'transactions', $produced, 'offered_rate', $rate, 'cards', $LAT_CARDS,
       'steady_rows', count(*),
       'p50_ms', round(percentile_cont(0.5) WITHIN GROUP (ORDER BY ms)::numeric, 1),
       'p99_ms', round(percentile_cont(0.99) WITHIN GROUP (ORDER BY ms)::numeric, 1),
@@ -265,7 +274,7 @@ if [[ -n $STACK_SYSTEMS ]]; then
     cat >"$OUT/run-$system.json" <<JSON
 {"system": "$system", "commit": "$(git describe --always --dirty 2>/dev/null || echo unknown)",
  "finished_at": "$(date -u +%Y-%m-%dT%H:%M:%SZ)",
- "command": "BENCH_TRANSACTIONS=$N ${naive_knob}BENCH_LATENCY_TRANSACTIONS=$LAT_N BENCH_LATENCY_RATE=$LAT_RATE BENCH_LATENCY_HIGH_RATE=$HIGH_RATE BENCH_LATENCY_HIGH_TRANSACTIONS=$HIGH_N BENCH_SYSTEMS=\"${STACK_SYSTEMS% }\" make bench"}
+ "command": "BENCH_TRANSACTIONS=$N ${naive_knob}BENCH_LATENCY_TRANSACTIONS=$LAT_N BENCH_LATENCY_RATE=$LAT_RATE BENCH_LATENCY_CARDS=$LAT_CARDS BENCH_LATENCY_HIGH_RATE=$HIGH_RATE BENCH_LATENCY_HIGH_TRANSACTIONS=$HIGH_N BENCH_SYSTEMS=\"${STACK_SYSTEMS% }\" make bench"}
 JSON
   done
 fi

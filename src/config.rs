@@ -163,11 +163,12 @@ pub struct PipelineConfig {
     pub channel_capacity_rows: usize,
     /// Blocking threads running ONNX Runtime sessions, one session each.
     pub scoring_workers: usize,
-    /// Batches featurized but not yet committed, at most: a new batch
-    /// closes only while fewer are in flight (unless it is full or its
-    /// `batch_max_wait_ms` has passed), so at low load batches do not queue
-    /// in front of the slowest stage; under load they grow instead. 3 lets
-    /// featurize, score and the sink each work on a batch at once.
+    /// Batches handed on by the featurize stage but not yet committed, at
+    /// most: a new batch closes only while fewer are in flight (unless it
+    /// is full or its `batch_max_wait_ms` has passed), so at low load
+    /// batches do not queue in front of the slowest stage; under load they
+    /// grow instead, and a full batch is featurized ahead and waits for a
+    /// place. 3 lets score, decide and the sink each hold a batch.
     #[serde(default = "defaults::max_batches_in_flight")]
     pub max_batches_in_flight: usize,
     /// How long a batch may wait for the terminal/label watermark before it is

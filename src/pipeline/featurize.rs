@@ -173,7 +173,6 @@ pub(super) async fn featurize_stage(
             if readiness == Readiness::Incomplete {
                 shared.metrics.incomplete_state.inc();
             }
-            let place = in_flight.take().await;
             let span = tracing::debug_span!("featurize", rows = piece.rows());
             let mut work = build_work(
                 &shared,
@@ -185,7 +184,9 @@ pub(super) async fn featurize_stage(
             )
             .instrument(span)
             .await?;
-            work._in_flight = Some(place);
+            // A full or timed-out batch is featurized without a free place
+            // (under load this stage works ahead) and waits for one here.
+            work._in_flight = Some(in_flight.take().await);
             if out.send(Item::Batch(Box::new(work))).await.is_err() {
                 return Ok(());
             }
