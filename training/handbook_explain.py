@@ -56,7 +56,7 @@ def explain(i: int, data: dict, raw: pl.DataFrame, pred: dict, te: np.ndarray, t
     card = data["card_id"][i]
     earlier = np.flatnonzero((data["card_id"] == card) & (np.arange(data["n"]) < i))[::-1]
     mask = data["history_mask"][i]
-    lines += ["", "| history position | transaction | when | amount | terminal | same terminal | fraud | attention |",
+    lines += ["", "| history position | transaction | when | amount | terminal | same terminal | fraud (truth; the model never sees labels of the history) | attention |",
               "|---:|---|---|---:|---|---|---|---:|"]
     shown = [p for p in np.argsort(-ha) if mask[p] > 0][:top]
     for p in sorted(shown):
