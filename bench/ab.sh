@@ -27,6 +27,8 @@ PY=$PWD/.venv/bin/python
 OUT=$PWD/bench/.out
 PSQL=(psql -q -X -v ON_ERROR_STOP=1 -h 127.0.0.1 -p 15432 -U postgres)
 PREFIX="ab$(date +%s)"
+# shellcheck source=bench/common.sh
+. bench/common.sh
 mkdir -p "$OUT"
 
 "$PY" bench/topics.py "$PREFIX" 4 "$KAFKA_BROKERS"
@@ -64,15 +66,9 @@ for spec in "$@"; do
   start=$(date +%s.%N)
   (cd "$dir" && exec env "${ENV[@]}" "$bin" run 2>"$OUT/ab-$label.log") &
   pid=$!
-  done=0
-  while (( done < N )); do
-    sleep 0.2
-    kill -0 "$pid" || { tail "$OUT/ab-$label.log" >&2; exit 1; }
-    done=$("${PSQL[@]}" -d "$db" -tA -c "SELECT coalesce(sum(next_offset), 0) FROM kafka_offsets
-                                         WHERE topic = '$PREFIX.transactions'" 2>/dev/null || echo 0)
-  done
+  wait_committed_offsets "$pid" "$db" "$PREFIX.transactions" "$N" "$OUT/ab-$label.log"
   end=$(date +%s.%N)
-  cpu=$(awk -v t="$(getconf CLK_TCK)" '{ print ($14 + $15) / t }' "/proc/$pid/stat")
+  cpu=$(cpu_seconds "$pid")
   kill -TERM "$pid"
   wait "$pid" || true
   awk -v l="$label" -v a="$start" -v b="$end" -v n="$N" -v c="$cpu" \

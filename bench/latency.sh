@@ -24,6 +24,8 @@ PY=$PWD/.venv/bin/python
 OUT=$PWD/bench/.out
 PSQL=(psql -q -X -v ON_ERROR_STOP=1 -h 127.0.0.1 -p 15432 -U postgres)
 METRICS=127.0.0.1:9467
+# shellcheck source=bench/common.sh
+. bench/common.sh
 mkdir -p "$OUT"
 [[ $("${PSQL[@]}" -d riskstream -tA -c "SHOW track_commit_timestamp") == on ]] ||
   { echo "latency: track_commit_timestamp is off (make bench turns it on)" >&2; exit 1; }
@@ -51,15 +53,9 @@ for spec in "$@"; do
   # shellcheck disable=SC2086  # LATENCY_SIMULATE_ARGS is a list of arguments
   produced=$(env "${ENV[@]}" "$bin" simulate --transactions "$N" --seed 2 --rate "$RATE" ${LATENCY_SIMULATE_ARGS:-} |
              sed -n 's/^produced \([0-9]*\) transactions.*/\1/p')
-  done=0
-  while (( done < produced )); do
-    sleep 0.2
-    kill -0 "$pid" || { tail "$OUT/lat-$label.log" >&2; exit 1; }
-    done=$("${PSQL[@]}" -d "$db" -tA -c "SELECT coalesce(sum(next_offset), 0) FROM kafka_offsets
-                                         WHERE topic = '$prefix.transactions'" 2>/dev/null || echo 0)
-  done
+  wait_committed_offsets "$pid" "$db" "$prefix.transactions" "$produced" "$OUT/lat-$label.log"
   curl -s "http://$METRICS/metrics" >"$OUT/lat-$label.metrics"
-  cpu=$(awk -v t="$(getconf CLK_TCK)" '{ print ($14 + $15) / t }' "/proc/$pid/stat")
+  cpu=$(cpu_seconds "$pid")
   kill -TERM "$pid"
   wait "$pid" || true
   trap - EXIT
