@@ -225,7 +225,11 @@ const GOLDEN_TOLERANCE: f32 = 1e-4;
 
 /// The model reproduces its `golden.json` (the inputs and outputs recorded
 /// when it was exported): the bytes are the model, and this runtime runs it
-/// as its exporter did.
+/// as its exporter did. Unlike the model server's generic check
+/// (`registry::model`), which feeds the file's tensors to the session as
+/// they are, this one goes through the stream's own path (a
+/// [`FeatureBatch`], the chunking and tensor packing of [`run_chunks`], the
+/// [`Scored`] rows), so it also proves the engine's side of the contract.
 fn check_golden(
     session: &mut Session,
     dir: &Path,
