@@ -1041,6 +1041,7 @@ batch_max_rows = 0
 batch_max_wait_ms = 10
 channel_capacity_rows = 10
 scoring_workers = 0
+max_batches_in_flight = 0
 state_wait_ms = 1
 shutdown_deadline_ms = 1
 [model]
@@ -1070,6 +1071,7 @@ create_ahead_days = 1000
             "postgres.url",
             "pipeline.batch_max_rows",
             "pipeline.scoring_workers",
+            "pipeline.max_batches_in_flight",
             "model.dir",
             "thresholds.review",
             "thresholds.channel.moon",

@@ -65,10 +65,10 @@ pub(super) async fn featurize_stage(
         // batches grow and each stage's per-batch cost is shared by more
         // rows), at a full batch, or `batch_max_wait_ms` after its first
         // record. Without the in-flight bound, small batches queued in
-        // front of the sink at 5k tx/s (its cost is mostly per batch), and
-        // waited there longer than all the stages' work together. While blocked on
-        // the watermark: read for up to 20 ms, without a row cap (the
-        // pauses bound it).
+        // front of the sink at 5k tx/s (its cost is mostly per batch) and
+        // waited there longer than all the stages' work together. While
+        // blocked on the watermark: read for up to 20 ms, without a row cap
+        // (the pauses bound it).
         let mut barrier = None;
         if input_open {
             let idle = pending.is_empty() && blocked_since.is_none();

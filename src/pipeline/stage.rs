@@ -98,7 +98,6 @@ impl Work {
 /// `pipeline.max_batches_in_flight`: the featurize stage closes a batch
 /// while one of these places is free, and each batch holds its place until
 /// it is dropped after its commit.
-#[derive(Clone)]
 pub(super) struct InFlight(Arc<tokio::sync::Semaphore>);
 
 impl InFlight {
