@@ -29,6 +29,9 @@ type HeadKey = (String, i32, i64);
 /// Records read past poison at a partition's head before giving up for now.
 const PEEK_LIMIT: usize = 1000;
 
+/// The heads' Kafka client is made anew after a failure, at most this often.
+const REMAKE_AFTER: Duration = Duration::from_secs(15);
+
 /// One watermarked stream: a topic, the consumer group that commits it, and
 /// how to read an event time from its records.
 #[derive(Clone)]
@@ -57,6 +60,10 @@ pub fn label_time(bytes: &[u8], _clock: Option<i64>, _policy: &SkewPolicy) -> Op
 pub struct TerminalLoader {
     pool: PgPool,
     kafka: Arc<Mutex<BaseConsumer>>,
+    /// How `kafka` was made, to make it again (see [`TerminalLoader::watermark`]).
+    client: ClientConfig,
+    /// When `kafka` was last made.
+    made_at: Instant,
     transactions: Stream,
     labels: Stream,
     delay_days: i64,
@@ -86,14 +93,16 @@ impl TerminalLoader {
         late_tolerance_secs: i64,
     ) -> rdkafka::error::KafkaResult<Self> {
         // Never subscribes: only assigns partitions to peek at their heads.
-        let kafka: BaseConsumer = client
+        client
             .set("group.id", format!("{}-watermarks", transactions.group))
             .set("enable.auto.commit", "false")
-            .set("fetch.wait.max.ms", "10")
-            .create()?;
+            .set("fetch.wait.max.ms", "10");
+        let kafka: BaseConsumer = client.create()?;
         Ok(TerminalLoader {
             pool,
             kafka: Arc::new(Mutex::new(kafka)),
+            client,
+            made_at: Instant::now(),
             transactions,
             labels,
             delay_days,
@@ -124,6 +133,7 @@ impl TerminalLoader {
             Ok(h) => h,
             Err(e) => {
                 tracing::warn!(error = %e, topic = %stream.topic, "cannot read partition heads; watermark not advanced");
+                self.remake_kafka().await;
                 return Ok(i64::MIN);
             }
         };
@@ -142,6 +152,29 @@ impl TerminalLoader {
             self.peeked.clear();
         }
         Ok(wm)
+    }
+
+    /// A new client for the heads, at most every [`REMAKE_AFTER`]. Seen in the
+    /// broker-outage test: after the broker came back, this client's metadata
+    /// requests kept failing with "broker transport failure" for minutes
+    /// while the pipeline's consumers had reconnected, so every batch waited
+    /// `state_wait_ms` and was scored incomplete. A fresh client connects anew.
+    async fn remake_kafka(&mut self) {
+        if self.made_at.elapsed() < REMAKE_AFTER {
+            return;
+        }
+        self.made_at = Instant::now();
+        match self.client.create::<BaseConsumer>() {
+            Ok(fresh) => {
+                let old = std::mem::replace(&mut self.kafka, Arc::new(Mutex::new(fresh)));
+                // Dropping a client joins its threads: not on the runtime's.
+                tokio::task::spawn_blocking(move || drop(old));
+                tracing::info!("made a new Kafka client for the watermark's partition heads");
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot make a new Kafka client for the watermark")
+            }
+        }
     }
 
     /// Can transactions on days `[min_day, max_day]` be featurized now? Loads
