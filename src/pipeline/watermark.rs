@@ -60,7 +60,7 @@ pub fn label_time(bytes: &[u8], _clock: Option<i64>, _policy: &SkewPolicy) -> Op
 pub struct TerminalLoader {
     pool: PgPool,
     kafka: Arc<Mutex<BaseConsumer>>,
-    /// How `kafka` was made, to make it again (see [`TerminalLoader::watermark`]).
+    /// How `kafka` was made, to make it again (see `remake_kafka`).
     client: ClientConfig,
     /// When `kafka` was last made.
     made_at: Instant,
@@ -133,7 +133,7 @@ impl TerminalLoader {
             Ok(h) => h,
             Err(e) => {
                 tracing::warn!(error = %e, topic = %stream.topic, "cannot read partition heads; watermark not advanced");
-                self.remake_kafka().await;
+                self.remake_kafka();
                 return Ok(i64::MIN);
             }
         };
@@ -159,7 +159,7 @@ impl TerminalLoader {
     /// requests kept failing with "broker transport failure" for minutes
     /// while the pipeline's consumers had reconnected, so every batch waited
     /// `state_wait_ms` and was scored incomplete. A fresh client connects anew.
-    async fn remake_kafka(&mut self) {
+    fn remake_kafka(&mut self) {
         if self.made_at.elapsed() < REMAKE_AFTER {
             return;
         }
