@@ -140,8 +140,14 @@ async fn ensure_logins(admin: &PgPool) {
     }
 }
 
+/// The checkout under test: `cargo test` names it at run time. The
+/// compile-time path can be another checkout's: clones sharing one
+/// `CARGO_TARGET_DIR` share this binary when their sources look unchanged
+/// (seen: a test run in one checkout looked for the other's broker).
 pub fn repo_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+    std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")))
 }
 
 pub fn model_dir() -> PathBuf {
