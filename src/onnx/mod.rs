@@ -65,19 +65,17 @@ impl SessionPool {
         &self.permits
     }
 
-    /// A free session (there is one while the caller holds a permit).
-    pub(crate) fn take(&self) -> Option<Session> {
-        self.sessions
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .pop()
+    /// Run `f` with a free session on the calling (blocking) thread and give
+    /// the session back; `None` when none is free (there is one while the
+    /// caller holds a permit). The pool's lock is not held during `f`.
+    pub(crate) fn with_session<R>(&self, f: impl FnOnce(&mut Session) -> R) -> Option<R> {
+        let mut session = self.lock().pop()?;
+        let result = f(&mut session);
+        self.lock().push(session);
+        Some(result)
     }
 
-    /// Give a session back after a run.
-    pub(crate) fn put(&self, s: Session) {
-        self.sessions
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(s);
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Session>> {
+        self.sessions.lock().unwrap_or_else(|e| e.into_inner())
     }
 }

@@ -115,13 +115,9 @@ impl Engine {
         &self,
         f: impl FnOnce(&mut Session) -> R,
     ) -> Result<R, InferError> {
-        let mut session = self
-            .pool
-            .take()
-            .ok_or_else(|| self.internal("no free session"))?;
-        let result = f(&mut session);
-        self.pool.put(session);
-        Ok(result)
+        self.pool
+            .with_session(f)
+            .ok_or_else(|| self.internal("no free session"))
     }
 
     /// Wait for a free session, then run on the blocking pool. The permit

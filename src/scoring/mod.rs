@@ -191,9 +191,9 @@ impl Scorer {
         let pool = self.pool.clone();
         let (name, max_batch, io) = (self.manifest.name.clone(), self.max_batch, self.io.clone());
         tokio::task::spawn_blocking(move || {
-            let mut session = pool.take().expect("a permit guarantees a session");
-            let result = run_chunks(&mut session, &batch, rows, max_batch, &io);
-            pool.put(session);
+            let result = pool
+                .with_session(|session| run_chunks(session, &batch, rows, max_batch, &io))
+                .expect("a permit guarantees a session");
             result.map_err(|message| ScoringError::Inference {
                 model: name,
                 message,
@@ -208,9 +208,12 @@ impl Scorer {
 
     /// Score synchronously on the calling thread (tools, tests, benchmarks).
     pub fn score_blocking(&self, batch: &FeatureBatch) -> Result<Vec<Scored>, ScoringError> {
-        let mut session = self.pool.take().expect("no concurrent blocking use");
-        let result = run_chunks(&mut session, batch, 0..batch.rows, self.max_batch, &self.io);
-        self.pool.put(session);
+        let result = self
+            .pool
+            .with_session(|session| {
+                run_chunks(session, batch, 0..batch.rows, self.max_batch, &self.io)
+            })
+            .expect("no concurrent blocking use");
         result.map_err(|message| ScoringError::Inference {
             model: self.manifest.name.clone(),
             message,
