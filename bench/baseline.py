@@ -312,7 +312,8 @@ class TerminalStats:
         self.counts_range = (lo, hi) if c is None else (min(c[0], lo), max(c[1], hi))
 
     def set_frauds(self, lo: int, hi: int, reported_before: int, rows: pl.DataFrame):
-        self.frauds = rows
+        # As the engine: a label reported before its transaction's day is ignored.
+        self.frauds = rows.filter(pl.col("reported_day") >= pl.col("tx_day"))
         self.frauds_range = (lo, hi, reported_before)
 
     def evict_before(self, day: int):
@@ -574,11 +575,16 @@ TERMINAL_COUNTS = """
 SELECT terminal_id, floor(extract(epoch FROM ts) / 86400)::bigint AS day, count(*)
   FROM risk_decisions WHERE ts >= %s AND ts < %s GROUP BY 1, 2
 """
+# The engine's read (sink::state::terminal_frauds): labels reported in
+# [lo, reported_before), each looked up in the window's decisions.
 TERMINAL_FRAUDS = """
 SELECT d.terminal_id, floor(extract(epoch FROM d.ts) / 86400)::bigint,
        floor(extract(epoch FROM l.reported_at) / 86400)::bigint
-  FROM labels l JOIN risk_decisions d USING (tx_id)
- WHERE l.is_fraud AND l.reported_at < %s AND d.ts >= %s AND d.ts < %s
+  FROM labels l
+ CROSS JOIN LATERAL (
+       SELECT terminal_id, ts FROM risk_decisions
+        WHERE tx_id = l.tx_id AND ts >= %(lo)s AND ts < %(hi)s LIMIT 1) d
+ WHERE l.is_fraud AND l.reported_at >= %(lo)s AND l.reported_at < %(reported_before)s
 """
 
 
@@ -755,7 +761,8 @@ class Baseline:
         if closed_until > have_hi:
             start = max(have_hi, lo)
             t.add_closed_days(start, closed_until, self._terminal_counts(start, closed_until))
-        frauds = self.db.execute(TERMINAL_FRAUDS, (day_start(reported_before), day_start(lo), day_start(closed_until)))
+        frauds = self.db.execute(TERMINAL_FRAUDS, {"reported_before": day_start(reported_before),
+                                                    "lo": day_start(lo), "hi": day_start(closed_until)})
         t.set_frauds(lo, closed_until, reported_before,
                      pl.DataFrame(frauds.fetchall(), schema=TERMINAL_FRAUDS_SCHEMA, orient="row"))
         t.evict_before(lo - 7)  # margin for slightly late batches, as the engine

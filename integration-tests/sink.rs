@@ -277,3 +277,153 @@ async fn copied_rows_read_back_as_sent_and_a_tx_id_decided_meanwhile_is_a_duplic
         "moved, not lost"
     );
 }
+
+/// The terminal-fraud read the featurizer reloads once a closed day
+/// (`sink::state::terminal_frauds`): frauds of the window's transactions,
+/// in two month partitions, reported from its first day and before
+/// `reported_before`; nothing else.
+#[tokio::test]
+async fn terminal_frauds_are_the_windows_reported_frauds_and_nothing_else() {
+    let world = World::new("terminal_frauds", 1).await;
+    let pool = &world.pool;
+    let manifest = Manifest::read(&model_dir()).unwrap();
+    sink::register_model(pool, &manifest).await.unwrap();
+    let thresholds = Policy::thresholds_only(ThresholdConfig {
+        review: 0.5,
+        decline: 0.9,
+        changed_by: "sink test".into(),
+        channel: Default::default(),
+    });
+    let version = sink::register_thresholds(pool, &thresholds).await.unwrap();
+    let claim = sink::claim_partitions(pool, "g", "tx", &[0], "sink-test")
+        .await
+        .unwrap();
+    let day = |d: &str| at(&format!("{d}T00:00:00Z")).timestamp() / 86_400;
+    // The window: tx days 2026-02-26 .. 2026-03-03 (until 03-04), reports before 03-06.
+    let (from, until, reported_before) = (day("2026-02-26"), day("2026-03-04"), day("2026-03-06"));
+    // (tx_id, tx time, terminal, label: (is_fraud, reported at))
+    type Case<'a> = (&'a str, &'a str, &'a str, Option<(bool, &'a str)>);
+    let cases: [Case; 9] = [
+        (
+            "in-a",
+            "2026-02-27T23:59:59Z",
+            "term-A",
+            Some((true, "2026-03-01T08:00:00Z")),
+        ),
+        (
+            "in-same-day",
+            "2026-03-02T10:00:00Z",
+            "term-C",
+            Some((true, "2026-03-02T23:00:00Z")),
+        ),
+        // Reported after the tx day but before it: returned, the featurizer drops it.
+        (
+            "in-reported-early",
+            "2026-03-03T12:00:00Z",
+            "term-A",
+            Some((true, "2026-03-01T00:00:00Z")),
+        ),
+        (
+            "reported-too-late",
+            "2026-03-01T10:00:00Z",
+            "term-B",
+            Some((true, "2026-03-06T00:00:00Z")),
+        ),
+        (
+            "reported-before-window",
+            "2026-03-01T10:00:00Z",
+            "term-B",
+            Some((true, "2026-02-25T23:59:59Z")),
+        ),
+        (
+            "not-fraud",
+            "2026-03-01T10:00:00Z",
+            "term-A",
+            Some((false, "2026-03-02T00:00:00Z")),
+        ),
+        (
+            "tx-before-window",
+            "2026-02-25T23:59:59Z",
+            "term-A",
+            Some((true, "2026-02-27T00:00:00Z")),
+        ),
+        (
+            "tx-after-window",
+            "2026-03-04T00:00:00Z",
+            "term-A",
+            Some((true, "2026-03-04T01:00:00Z")),
+        ),
+        ("no-label", "2026-03-01T10:00:00Z", "term-A", None),
+    ];
+    let decisions: Vec<DecisionRow> = cases
+        .iter()
+        .enumerate()
+        .map(|(i, (id, ts, terminal, _))| {
+            let mut r = row(id, i as i64, 10.0);
+            r.tx.ts = at(ts);
+            r.tx.terminal_id = terminal.to_string();
+            r.threshold_version = version;
+            r.shadow = None;
+            r
+        })
+        .collect();
+    let batch = SinkBatch {
+        model: (&manifest).into(),
+        decisions,
+        offsets: vec![OffsetUpdate {
+            topic: "tx".into(),
+            partition: 0,
+            next_offset: cases.len() as i64,
+            max_event_ts: None,
+            epoch: claim[0].epoch,
+        }],
+        ..Default::default()
+    };
+    let written = sink::write_batch(
+        pool,
+        "g",
+        &Provenance {
+            source_topic: "tx".into(),
+        },
+        &batch,
+        &Published::default(),
+        Mode::Bulk,
+    )
+    .await
+    .unwrap();
+    assert_eq!(written.decisions, cases.len());
+    // A fraud label whose transaction was never decided, reported in the window.
+    let labels = cases
+        .iter()
+        .filter_map(|(id, _, _, l)| l.map(|(f, at)| (id.to_string(), f, at)))
+        .chain([("never-decided".to_string(), true, "2026-03-01T00:00:00Z")]);
+    for (i, (id, is_fraud, reported)) in labels.enumerate() {
+        sqlx::query(
+            "INSERT INTO labels (tx_id, is_fraud, reported_at, source_partition, source_offset)
+             VALUES ($1, $2, $3, 0, $4)",
+        )
+        .bind(id)
+        .bind(is_fraud)
+        .bind(at(reported))
+        .bind(i as i64)
+        .execute(pool)
+        .await
+        .unwrap();
+    }
+
+    let mut got: Vec<(String, i64, i64)> =
+        sink::state::terminal_frauds(pool, from, until, reported_before)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|(t, f)| (t, f.tx_day, f.reported_day))
+            .collect();
+    got.sort();
+    let want = [
+        ("term-A", "2026-02-27", "2026-03-01"),
+        ("term-A", "2026-03-03", "2026-03-01"),
+        ("term-C", "2026-03-02", "2026-03-02"),
+    ]
+    .map(|(t, tx, rep)| (t.to_string(), day(tx), day(rep)));
+    assert_eq!(got, want);
+}

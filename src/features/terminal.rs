@@ -3,7 +3,11 @@
 //!
 //! A transaction on day D counts the terminal's transactions on days
 //! `[D - delay - w, D - delay)` and, among them, the frauds whose label was
-//! reported before day D began. Both inputs are complete only once every
+//! reported before day D began. A label reported before its transaction's
+//! day is ignored: no chargeback precedes its purchase, so such a label is a
+//! bad clock or bad data, and ignoring it lets the label read start at the
+//! window's first day (`sink::state::terminal_frauds`) instead of at the
+//! beginning of time. Both inputs are complete only once every
 //! partition has been processed past day `D - delay` and the labels stream
 //! past day D; the caller loads days only then (see `sink::watermark`), so
 //! the values are the same in every run, whatever the arrival order.
@@ -64,7 +68,8 @@ impl TerminalStats {
     }
 
     /// Replace the fraud view: frauds on tx days `[from, until)` reported
-    /// before day `reported_before`.
+    /// before day `reported_before`; reports dated before their
+    /// transaction's day are dropped (see the module's doc).
     pub fn set_frauds(
         &mut self,
         from: i64,
@@ -74,7 +79,9 @@ impl TerminalStats {
     ) {
         self.frauds.clear();
         for (terminal, f) in rows {
-            self.frauds.entry(terminal).or_default().push(f);
+            if f.reported_day >= f.tx_day {
+                self.frauds.entry(terminal).or_default().push(f);
+            }
         }
         self.frauds_range = Some((from, until, reported_before));
     }
@@ -149,5 +156,23 @@ mod tests {
         assert_eq!(w[1], (15.0, 1.0 / 15.0)); // days 86..93
         assert_eq!(s.windows("T", 101, 7)[1], (15.0, 2.0 / 15.0));
         assert_eq!(s.windows("unknown", 100, 7), [(0.0, 0.0); 3]);
+    }
+
+    #[test]
+    fn a_label_reported_before_its_transactions_day_is_ignored() {
+        let mut s = TerminalStats::default();
+        s.add_closed_days(60, 93, [("T".into(), 90, 4)]);
+        let report = |reported_day| {
+            (
+                "T".to_string(),
+                FraudReport {
+                    tx_day: 90,
+                    reported_day,
+                },
+            )
+        };
+        // Same day counts; the day before (or 1970) does not.
+        s.set_frauds(60, 93, 101, [report(90), report(89), report(0)]);
+        assert_eq!(s.windows("T", 100, 7)[2], (4.0, 1.0 / 4.0));
     }
 }

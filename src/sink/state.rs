@@ -96,18 +96,31 @@ pub async fn terminal_counts(
         .collect())
 }
 
-/// Frauds on tx days `[from, until)` whose label was reported before day `reported_before`.
+/// Frauds on tx days `[from, until)` whose label was reported before day
+/// `reported_before` and not before day `from`.
+///
+/// The labels drive the read: those reported in `[from, reported_before)`
+/// (an index range on `labels.reported_at`, about the window's days of
+/// labels), each looked up by its tx_id in the window's partitions. Joining
+/// the other way round reads every decision of the window (30 days of the
+/// stream) once a day. A label reported before `from` is reported before its
+/// transaction's day, which [`crate::features::TerminalStats`] ignores.
 pub async fn terminal_frauds(
     pool: &PgPool,
     from: i64,
     until: i64,
     reported_before: i64,
 ) -> Result<Vec<(String, FraudReport)>, SinkError> {
+    // LIMIT 1 keeps the lookup a per-label subquery (an index probe); as a
+    // plain join the planner hashes the window's decisions.
     let rows = sqlx::query(
         "SELECT d.terminal_id, floor(extract(epoch FROM d.ts) / 86400)::bigint,
                 floor(extract(epoch FROM l.reported_at) / 86400)::bigint
-           FROM labels l JOIN risk_decisions d USING (tx_id)
-          WHERE l.is_fraud AND l.reported_at < $3 AND d.ts >= $1 AND d.ts < $2",
+           FROM labels l
+          CROSS JOIN LATERAL (
+                SELECT terminal_id, ts FROM risk_decisions
+                 WHERE tx_id = l.tx_id AND ts >= $1 AND ts < $2 LIMIT 1) d
+          WHERE l.is_fraud AND l.reported_at >= $1 AND l.reported_at < $3",
     )
     .bind(day_start(from))
     .bind(day_start(until))
