@@ -576,15 +576,16 @@ SELECT terminal_id, floor(extract(epoch FROM ts) / 86400)::bigint AS day, count(
   FROM risk_decisions WHERE ts >= %s AND ts < %s GROUP BY 1, 2
 """
 # The engine's read (sink::state::terminal_frauds): labels reported in
-# [lo, reported_before), each looked up in the window's decisions.
+# [lo, reported_before), each looked up by tx_id; planned on every call.
 TERMINAL_FRAUDS = """
-SELECT d.terminal_id, floor(extract(epoch FROM d.ts) / 86400)::bigint,
+SELECT d.terminal_id, floor(extract(epoch FROM i.ts) / 86400)::bigint,
        floor(extract(epoch FROM l.reported_at) / 86400)::bigint
   FROM labels l
+ CROSS JOIN LATERAL (SELECT ts FROM decision_ids WHERE tx_id = l.tx_id LIMIT 1) i
  CROSS JOIN LATERAL (
-       SELECT terminal_id, ts FROM risk_decisions
-        WHERE tx_id = l.tx_id AND ts >= %(lo)s AND ts < %(hi)s LIMIT 1) d
+       SELECT terminal_id FROM risk_decisions WHERE tx_id = l.tx_id AND ts = i.ts LIMIT 1) d
  WHERE l.is_fraud AND l.reported_at >= %(lo)s AND l.reported_at < %(reported_before)s
+   AND i.ts >= %(lo)s AND i.ts < %(hi)s
 """
 
 
@@ -762,7 +763,8 @@ class Baseline:
             start = max(have_hi, lo)
             t.add_closed_days(start, closed_until, self._terminal_counts(start, closed_until))
         frauds = self.db.execute(TERMINAL_FRAUDS, {"reported_before": day_start(reported_before),
-                                                    "lo": day_start(lo), "hi": day_start(closed_until)})
+                                                    "lo": day_start(lo), "hi": day_start(closed_until)},
+                                  prepare=False)
         t.set_frauds(lo, closed_until, reported_before,
                      pl.DataFrame(frauds.fetchall(), schema=TERMINAL_FRAUDS_SCHEMA, orient="row"))
         t.evict_before(lo - 7)  # margin for slightly late batches, as the engine

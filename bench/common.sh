@@ -1,16 +1,37 @@
-# Shared by bench/ab.sh and bench/latency.sh (source it; PSQL must be set).
+# Shared by bench/run.sh, ab.sh, latency.sh and scaling.sh (source it; PSQL must be set).
 
-# wait_committed_offsets PID DB TOPIC N LOG: until the partitions' committed
-# offsets of TOPIC in DB cover N records; exits (with LOG's tail) if PID dies.
-# Offsets, not count(*): polling must not load the database.
+# wait_committed_offsets "PID..." DB TOPIC N LOG [TIMEOUT_S]: until the
+# partitions' committed offsets of TOPIC in DB cover N records; fails (with
+# the tail of LOG, which may be a glob) if a PID dies or TIMEOUT_S (0 = none)
+# passes. Offsets, not count(*): polling must not load the database.
+# Every 0.2 s over one psql session: a psql per poll (a process and a TLS
+# connection) took ~7 % of the two cores from the system being measured.
 wait_committed_offsets() {
-  local pid="$1" db="$2" topic="$3" n="$4" log="$5" done=0
+  local pids="$1" db="$2" topic="$3" n="$4" log="$5" timeout="${6:-0}" done=0 line p
+  local deadline=$(( timeout > 0 ? $(date +%s) + timeout : 0 ))
+  # Errors (kafka_offsets not made yet) are ignored: each answer ends at "--".
+  coproc POLL { exec "${PSQL[@]}" -v ON_ERROR_STOP=0 -d "$db" -tA 2>/dev/null; }
+  local q="SELECT coalesce(sum(next_offset), 0) FROM kafka_offsets WHERE topic = '$topic';"
   while (( done < n )); do
     sleep 0.2
-    kill -0 "$pid" || { tail "$log" >&2; exit 1; }
-    done=$("${PSQL[@]}" -d "$db" -tA -c "SELECT coalesce(sum(next_offset), 0) FROM kafka_offsets
-                                         WHERE topic = '$topic'" 2>/dev/null || echo 0)
+    for p in $pids; do
+      # shellcheck disable=SC2086  # LOG may be a glob
+      kill -0 "$p" 2>/dev/null || { tail -n 20 $log >&2; kill "$POLL_PID"; return 1; }
+    done
+    if (( deadline > 0 && $(date +%s) >= deadline )); then
+      # shellcheck disable=SC2086
+      tail -n 20 $log >&2
+      echo "bench: $topic not committed after ${timeout}s" >&2
+      kill "$POLL_PID"
+      return 1
+    fi
+    printf '%s\n\\echo --\n' "$q" >&"${POLL[1]}"
+    while read -r line <&"${POLL[0]}" && [[ $line != -- ]]; do
+      if [[ $line =~ ^[0-9]+$ ]]; then done=$line; fi
+    done
   done
+  kill "$POLL_PID" 2>/dev/null || true
+  wait "$POLL_PID" 2>/dev/null || true
 }
 
 # cpu_seconds PID: user + system CPU seconds of a running process.

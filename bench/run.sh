@@ -76,6 +76,8 @@ PSQL=(psql -q -X -v ON_ERROR_STOP=1 -h 127.0.0.1 -p 15432 -U postgres)
 say() { printf 'bench: %s\n' "$*" >&2; }
 die() { printf 'bench: error: %s\n' "$*" >&2; exit 1; }
 sql() { "${PSQL[@]}" -d "$1" -tA -c "$2"; }
+# shellcheck source=bench/common.sh
+. bench/common.sh
 
 fresh_db() {
   "${PSQL[@]}" -d riskstream -c "DROP DATABASE IF EXISTS $1 WITH (FORCE)" -c "CREATE DATABASE $1"
@@ -144,18 +146,11 @@ start() {
 }
 
 # wait_committed SYSTEM DB TOPIC N LOG: until the partitions' committed offsets cover
-# N records. (Offsets, not count(*): polling must not load the database.)
+# N records (bench/common.sh), within the run's timeout.
 wait_committed() {
-  local system="$1" db="$2" topic="$3" n="$4" log="$5" done=0 timeout="$RUN_TIMEOUT_S"
+  local system="$1" db="$2" topic="$3" n="$4" log="$5" timeout="$RUN_TIMEOUT_S"
   [[ $system != python-naive ]] || timeout=$(( RUN_TIMEOUT_S + n * NAIVE_MS_PER_TX / 1000 ))
-  local deadline=$(( $(date +%s) + timeout ))
-  while (( done < n )); do
-    kill -0 "$PID" 2>/dev/null || { tail -20 "$log" >&2; die "$log: process died"; }
-    (( $(date +%s) < deadline )) || { tail -20 "$log" >&2; die "$log: not done after ${timeout}s"; }
-    sleep 0.2
-    done=$(sql "$db" "SELECT coalesce(sum(next_offset), 0) FROM kafka_offsets
-                      WHERE topic = '$topic' AND next_offset > 0" 2>/dev/null || echo 0)
-  done
+  wait_committed_offsets "$PID" "$db" "$topic" "$n" "$log" "$timeout" || die "$log: process died or not done after ${timeout}s"
 }
 
 # stop: CPU seconds (user + sys) and peak RSS of PID, then SIGTERM it. Sets CPU_S and RSS_MB.

@@ -27,6 +27,8 @@ PY=$PWD/.venv/bin/python
 OUT=$PWD/bench/.out
 PSQL=(psql -q -X -v ON_ERROR_STOP=1 -h 127.0.0.1 -p 15432 -U postgres)
 RUN="scale$(date +%s)"
+# shellcheck source=bench/common.sh
+. bench/common.sh
 mkdir -p "$OUT"
 
 # topics PREFIX: fresh transactions (4 partitions), labels and DLQ topics.
@@ -57,13 +59,7 @@ consume() {
     env "${ENV[@]}" "$BIN" run 2>"$OUT/scaling-$label-$i.log" &
     pids+=($!)
   done
-  local done=0
-  while (( done < N )); do
-    sleep 0.2
-    for i in "${pids[@]}"; do kill -0 "$i" || { tail "$OUT"/scaling-"$label"-*.log >&2; exit 1; }; done
-    done=$("${PSQL[@]}" -d "$db" -tA -c "SELECT coalesce(sum(next_offset), 0) FROM kafka_offsets
-                                         WHERE topic = '$prefix.transactions'" 2>/dev/null || echo 0)
-  done
+  wait_committed_offsets "${pids[*]}" "$db" "$prefix.transactions" "$N" "$OUT/scaling-$label-*.log" || exit 1
   local end cpu=0 rss=0
   end=$("${PSQL[@]}" -d "$db" -tA -c "SELECT extract(epoch FROM max(decided_at)) FROM risk_decisions")
   for i in "${pids[@]}"; do

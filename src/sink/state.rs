@@ -101,27 +101,34 @@ pub async fn terminal_counts(
 ///
 /// The labels drive the read: those reported in `[from, reported_before)`
 /// (an index range on `labels.reported_at`, about the window's days of
-/// labels), each looked up by its tx_id in the window's partitions. Joining
-/// the other way round reads every decision of the window (30 days of the
-/// stream) once a day. A label reported before `from` is reported before its
-/// transaction's day, which [`crate::features::TerminalStats`] ignores.
+/// labels), each looked up by its tx_id: its time in `decision_ids`, then
+/// its terminal in that one partition. Joining the other way round reads
+/// every decision of the window (30 days of the stream) once a day. A label
+/// reported before `from` is reported before its transaction's day, which
+/// [`crate::features::TerminalStats`] ignores.
 pub async fn terminal_frauds(
     pool: &PgPool,
     from: i64,
     until: i64,
     reported_before: i64,
 ) -> Result<Vec<(String, FraudReport)>, SinkError> {
-    // LIMIT 1 keeps the lookup a per-label subquery (an index probe); as a
-    // plain join the planner hashes the window's decisions.
+    // Both lookups are equalities on a key, in `LIMIT 1` subqueries so the
+    // planner cannot turn them into a join that scans the window's
+    // decisions; no ts range inside them, which stale statistics could make
+    // the planner walk once per label. Planned on every call (not a cached
+    // prepared plan): a plan made while the tables were small (a fresh
+    // database's first days) would seq-scan them per label for ever after.
     let rows = sqlx::query(
-        "SELECT d.terminal_id, floor(extract(epoch FROM d.ts) / 86400)::bigint,
+        "SELECT d.terminal_id, floor(extract(epoch FROM i.ts) / 86400)::bigint,
                 floor(extract(epoch FROM l.reported_at) / 86400)::bigint
            FROM labels l
+          CROSS JOIN LATERAL (SELECT ts FROM decision_ids WHERE tx_id = l.tx_id LIMIT 1) i
           CROSS JOIN LATERAL (
-                SELECT terminal_id, ts FROM risk_decisions
-                 WHERE tx_id = l.tx_id AND ts >= $1 AND ts < $2 LIMIT 1) d
-          WHERE l.is_fraud AND l.reported_at >= $1 AND l.reported_at < $3",
+                SELECT terminal_id FROM risk_decisions WHERE tx_id = l.tx_id AND ts = i.ts LIMIT 1) d
+          WHERE l.is_fraud AND l.reported_at >= $1 AND l.reported_at < $3
+            AND i.ts >= $1 AND i.ts < $2",
     )
+    .persistent(false)
     .bind(day_start(from))
     .bind(day_start(until))
     .bind(day_start(reported_before))
