@@ -576,7 +576,7 @@ SELECT terminal_id, floor(extract(epoch FROM ts) / 86400)::bigint AS day, count(
   FROM risk_decisions WHERE ts >= %s AND ts < %s GROUP BY 1, 2
 """
 # The engine's read (sink::state::terminal_frauds): labels reported in
-# [lo, reported_before), each looked up by tx_id; planned on every call.
+# [lo, reported_before), each looked up by tx_id.
 TERMINAL_FRAUDS = """
 SELECT d.terminal_id, floor(extract(epoch FROM i.ts) / 86400)::bigint,
        floor(extract(epoch FROM l.reported_at) / 86400)::bigint
@@ -763,8 +763,7 @@ class Baseline:
             start = max(have_hi, lo)
             t.add_closed_days(start, closed_until, self._terminal_counts(start, closed_until))
         frauds = self.db.execute(TERMINAL_FRAUDS, {"reported_before": day_start(reported_before),
-                                                    "lo": day_start(lo), "hi": day_start(closed_until)},
-                                  prepare=False)
+                                                    "lo": day_start(lo), "hi": day_start(closed_until)})
         t.set_frauds(lo, closed_until, reported_before,
                      pl.DataFrame(frauds.fetchall(), schema=TERMINAL_FRAUDS_SCHEMA, orient="row"))
         t.evict_before(lo - 7)  # margin for slightly late batches, as the engine
