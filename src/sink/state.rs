@@ -117,7 +117,7 @@ pub async fn terminal_frauds(
     // decisions, and no ts range inside them: as a cached plan, a range
     // lookup was once walked per label (135 s a call). Planning on every
     // call instead (`persistent(false)`) was measured worse: p50 at 5k tx/s
-    // 95-1,703 ms in 3 of 4 runs against 17-26 ms (docs/DECISIONS.md).
+    // 90-1,703 ms in 3 of 5 runs, 17-26 ms without (docs/DECISIONS.md).
     let rows = sqlx::query(
         "SELECT d.terminal_id, floor(extract(epoch FROM i.ts) / 86400)::bigint,
                 floor(extract(epoch FROM l.reported_at) / 86400)::bigint
