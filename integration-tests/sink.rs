@@ -78,10 +78,10 @@ fn row(id: &str, offset: i64, amount: f64) -> DecisionRow {
     }
 }
 
-#[tokio::test]
-async fn copied_rows_read_back_as_sent_and_a_tx_id_decided_meanwhile_is_a_duplicate() {
-    let world = World::new("sink_copy", 1).await;
-    let pool = &world.pool;
+/// The model and a threshold set registered, partition 0 of topic "tx"
+/// claimed by group "g": the model's manifest, the thresholds' version and
+/// the claim's epoch, what a [`SinkBatch`] carries.
+async fn registered(pool: &sqlx::PgPool) -> (Manifest, i32, i64) {
     let manifest = Manifest::read(&model_dir()).unwrap();
     sink::register_model(pool, &manifest).await.unwrap();
     let thresholds = Policy::thresholds_only(ThresholdConfig {
@@ -94,6 +94,14 @@ async fn copied_rows_read_back_as_sent_and_a_tx_id_decided_meanwhile_is_a_duplic
     let claim = sink::claim_partitions(pool, "g", "tx", &[0], "sink-test")
         .await
         .unwrap();
+    (manifest, version, claim[0].epoch)
+}
+
+#[tokio::test]
+async fn copied_rows_read_back_as_sent_and_a_tx_id_decided_meanwhile_is_a_duplicate() {
+    let world = World::new("sink_copy", 1).await;
+    let pool = &world.pool;
+    let (manifest, version, epoch) = registered(pool).await;
     let p = Provenance {
         source_topic: "tx".into(),
     };
@@ -111,7 +119,7 @@ async fn copied_rows_read_back_as_sent_and_a_tx_id_decided_meanwhile_is_a_duplic
             partition: 0,
             next_offset,
             max_event_ts: None,
-            epoch: claim[0].epoch,
+            epoch,
         }],
         ..Default::default()
     };
@@ -286,73 +294,24 @@ async fn copied_rows_read_back_as_sent_and_a_tx_id_decided_meanwhile_is_a_duplic
 async fn terminal_frauds_are_the_windows_reported_frauds_and_nothing_else() {
     let world = World::new("terminal_frauds", 1).await;
     let pool = &world.pool;
-    let manifest = Manifest::read(&model_dir()).unwrap();
-    sink::register_model(pool, &manifest).await.unwrap();
-    let thresholds = Policy::thresholds_only(ThresholdConfig {
-        review: 0.5,
-        decline: 0.9,
-        changed_by: "sink test".into(),
-        channel: Default::default(),
-    });
-    let version = sink::register_thresholds(pool, &thresholds).await.unwrap();
-    let claim = sink::claim_partitions(pool, "g", "tx", &[0], "sink-test")
-        .await
-        .unwrap();
+    let (manifest, version, epoch) = registered(pool).await;
     let day = |d: &str| at(&format!("{d}T00:00:00Z")).timestamp() / 86_400;
     // The window: tx days 2026-02-26 .. 2026-03-03 (until 03-04), reports before 03-06.
     let (from, until, reported_before) = (day("2026-02-26"), day("2026-03-04"), day("2026-03-06"));
     // (tx_id, tx time, terminal, label: (is_fraud, reported at))
     type Case<'a> = (&'a str, &'a str, &'a str, Option<(bool, &'a str)>);
+    #[rustfmt::skip]
     let cases: [Case; 9] = [
-        (
-            "in-a",
-            "2026-02-27T23:59:59Z",
-            "term-A",
-            Some((true, "2026-03-01T08:00:00Z")),
-        ),
-        (
-            "in-same-day",
-            "2026-03-02T10:00:00Z",
-            "term-C",
-            Some((true, "2026-03-02T23:00:00Z")),
-        ),
-        // Reported after the tx day but before it: returned, the featurizer drops it.
-        (
-            "in-reported-early",
-            "2026-03-03T12:00:00Z",
-            "term-A",
-            Some((true, "2026-03-01T00:00:00Z")),
-        ),
-        (
-            "reported-too-late",
-            "2026-03-01T10:00:00Z",
-            "term-B",
-            Some((true, "2026-03-06T00:00:00Z")),
-        ),
-        (
-            "reported-before-window",
-            "2026-03-01T10:00:00Z",
-            "term-B",
-            Some((true, "2026-02-25T23:59:59Z")),
-        ),
-        (
-            "not-fraud",
-            "2026-03-01T10:00:00Z",
-            "term-A",
-            Some((false, "2026-03-02T00:00:00Z")),
-        ),
-        (
-            "tx-before-window",
-            "2026-02-25T23:59:59Z",
-            "term-A",
-            Some((true, "2026-02-27T00:00:00Z")),
-        ),
-        (
-            "tx-after-window",
-            "2026-03-04T00:00:00Z",
-            "term-A",
-            Some((true, "2026-03-04T01:00:00Z")),
-        ),
+        ("in-a", "2026-02-27T23:59:59Z", "term-A", Some((true, "2026-03-01T08:00:00Z"))),
+        ("in-same-day", "2026-03-02T10:00:00Z", "term-C", Some((true, "2026-03-02T23:00:00Z"))),
+        // Reported in the window but before its transaction's day: returned
+        // (the featurizer drops it).
+        ("in-reported-early", "2026-03-03T12:00:00Z", "term-A", Some((true, "2026-03-01T00:00:00Z"))),
+        ("reported-too-late", "2026-03-01T10:00:00Z", "term-B", Some((true, "2026-03-06T00:00:00Z"))),
+        ("reported-before-window", "2026-03-01T10:00:00Z", "term-B", Some((true, "2026-02-25T23:59:59Z"))),
+        ("not-fraud", "2026-03-01T10:00:00Z", "term-A", Some((false, "2026-03-02T00:00:00Z"))),
+        ("tx-before-window", "2026-02-25T23:59:59Z", "term-A", Some((true, "2026-02-27T00:00:00Z"))),
+        ("tx-after-window", "2026-03-04T00:00:00Z", "term-A", Some((true, "2026-03-04T01:00:00Z"))),
         ("no-label", "2026-03-01T10:00:00Z", "term-A", None),
     ];
     let decisions: Vec<DecisionRow> = cases
@@ -375,7 +334,7 @@ async fn terminal_frauds_are_the_windows_reported_frauds_and_nothing_else() {
             partition: 0,
             next_offset: cases.len() as i64,
             max_event_ts: None,
-            epoch: claim[0].epoch,
+            epoch,
         }],
         ..Default::default()
     };
