@@ -7,31 +7,36 @@
 # Every 0.2 s over one psql session: a psql per poll (a process and a TLS
 # connection) took ~7 % of the two cores from the system being measured.
 wait_committed_offsets() {
-  local pids="$1" db="$2" topic="$3" n="$4" log="$5" timeout="${6:-0}" done=0 line p
+  local pids="$1" db="$2" topic="$3" n="$4" log="$5" timeout="${6:-0}" done=0 line p failed=""
   local deadline=$(( timeout > 0 ? $(date +%s) + timeout : 0 ))
   # Errors (kafka_offsets not made yet) are ignored: each answer ends at "--".
   coproc POLL { exec "${PSQL[@]}" -v ON_ERROR_STOP=0 -d "$db" -tA 2>/dev/null; }
+  local poll_pid=$POLL_PID in=${POLL[0]} out=${POLL[1]}
   local q="SELECT coalesce(sum(next_offset), 0) FROM kafka_offsets WHERE topic = '$topic';"
-  while (( done < n )); do
+  while [[ -z $failed ]] && (( done < n )); do
     sleep 0.2
     for p in $pids; do
-      # shellcheck disable=SC2086  # LOG may be a glob
-      kill -0 "$p" 2>/dev/null || { tail -n 20 $log >&2; kill "$POLL_PID"; return 1; }
+      kill -0 "$p" 2>/dev/null || failed="process $p died"
     done
     if (( deadline > 0 && $(date +%s) >= deadline )); then
-      # shellcheck disable=SC2086
-      tail -n 20 $log >&2
-      echo "bench: $topic not committed after ${timeout}s" >&2
-      kill "$POLL_PID"
-      return 1
+      failed="$topic not committed after ${timeout}s"
     fi
-    printf '%s\n\\echo --\n' "$q" >&"${POLL[1]}"
-    while read -r line <&"${POLL[0]}" && [[ $line != -- ]]; do
+    [[ -z $failed ]] || break
+    # A psql that ended (e.g. no such database) has closed these: the read says so.
+    printf '%s\n\\echo --\n' "$q" 2>/dev/null >&"$out" || true
+    while :; do
+      { read -r line <&"$in"; } 2>/dev/null || { failed="the psql session to $db ended"; break; }
+      [[ $line != -- ]] || break
       if [[ $line =~ ^[0-9]+$ ]]; then done=$line; fi
     done
   done
-  kill "$POLL_PID" 2>/dev/null || true
-  wait "$POLL_PID" 2>/dev/null || true
+  kill "$poll_pid" 2>/dev/null || true
+  wait "$poll_pid" 2>/dev/null || true
+  [[ -n $failed ]] || return 0
+  # shellcheck disable=SC2086  # LOG may be a glob
+  tail -n 20 $log >&2
+  echo "bench: $failed" >&2
+  return 1
 }
 
 # cpu_seconds PID: user + system CPU seconds of a running process.
