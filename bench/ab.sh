@@ -31,7 +31,7 @@ PREFIX="ab$(date +%s)"
 . bench/common.sh
 mkdir -p "$OUT"
 
-"$PY" bench/topics.py "$PREFIX" 4 "$KAFKA_BROKERS"
+"$PY" bench/topics.py create "$PREFIX" 4 "$KAFKA_BROKERS"
 
 # env_for GROUP DB BINARY: the stock config pointed at the topics, GROUP and DB.
 # migrate_url only where the build knows it (older ones refuse unknown keys).
@@ -77,3 +77,4 @@ for spec in "$@"; do
   # and checkpoint (which made later runs of the same build up to 30 % slower).
   "${PSQL[@]}" -d riskstream -c "DROP DATABASE $db WITH (FORCE)" -c "CHECKPOINT"
 done
+"$PY" bench/topics.py delete "$PREFIX" "$KAFKA_BROKERS"

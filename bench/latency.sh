@@ -35,7 +35,7 @@ for spec in "$@"; do
   bin=${rest%%:*} extra=""
   [[ $rest == *:* ]] && extra=${rest#*:}
   prefix="lat$(date +%s)-$label" db="lat_${label//-/_}"
-  "$PY" bench/topics.py "$prefix" 4 "$KAFKA_BROKERS"
+  "$PY" bench/topics.py create "$prefix" 4 "$KAFKA_BROKERS"
   ENV=(RISKSTREAM_KAFKA__TRANSACTIONS_TOPIC="$prefix.transactions" RISKSTREAM_KAFKA__LABELS_TOPIC="$prefix.labels"
        RISKSTREAM_KAFKA__DLQ_TOPIC="$prefix.transactions.dlq" RISKSTREAM_KAFKA__PARTITIONS=4
        RISKSTREAM_KAFKA__GROUP_ID="$prefix" RISKSTREAM_POSTGRES__URL="postgres://postgres@127.0.0.1:15432/$db"
@@ -91,4 +91,5 @@ for spec in "$@"; do
   printf '%s: %s tx at %s tx/s: p50 %s, p90 %s, p99 %s ms over %s steady rows; engine CPU %.1f s\n  %s\n  record age (all rows): %s\n' \
     "$label" "$produced" "$RATE" "$p50" "$p90" "$p99" "$rows" "$cpu" "$stages" "$ages"
   "${PSQL[@]}" -d riskstream -c "DROP DATABASE $db WITH (FORCE)" -c "CHECKPOINT"
+  "$PY" bench/topics.py delete "$prefix" "$KAFKA_BROKERS"
 done

@@ -86,7 +86,10 @@ fresh_db() {
 # Topics stamped with the broker's append time (LogAppendTime), so a record's
 # Kafka timestamp is when Kafka received it, whoever produced it.
 create_topics() {
-  "$PY" bench/topics.py "$1" "$PARTITIONS" "$KAFKA_BROKERS"
+  "$PY" bench/topics.py create "$1" "$PARTITIONS" "$KAFKA_BROKERS"
+}
+delete_topics() {
+  "$PY" bench/topics.py delete "$1" "$KAFKA_BROKERS"
 }
 
 # engine_env PREFIX GROUP DB: the environment (in ENV) that points the stock
@@ -206,6 +209,7 @@ latency() {
   produced_at=$(date +%s.%N)
   wait_committed "$system" "$db" "$prefix.transactions" "$produced" "$log"
   stop
+  delete_topics "$prefix"
   # Steady state: records appended at least 10 s after the first one.
   sql "$db" "
     WITH l AS (
@@ -255,6 +259,7 @@ if [[ -n $STACK_SYSTEMS ]]; then
   say "pre-loading $N simulated transactions into $prefix.*"
   produced=$(simulate "$prefix" --transactions "$N" --seed 1)
   for system in $STACK_SYSTEMS; do throughput "$system" "$prefix" "$produced"; done
+  delete_topics "$prefix"
   # python-naive is a throughput reference only: at a few hundred tx/s it
   # cannot keep up with the offered rate, so its "latency" is just its backlog.
   for system in $STACK_SYSTEMS; do [[ $system == python-naive ]] || latency "$system"; done

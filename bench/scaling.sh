@@ -31,9 +31,13 @@ RUN="scale$(date +%s)"
 . bench/common.sh
 mkdir -p "$OUT"
 
-# topics PREFIX: fresh transactions (4 partitions), labels and DLQ topics.
+# topics PREFIX: fresh transactions (4 partitions), labels and DLQ topics;
+# drop_topics PREFIX: delete them once every run that reads them is done.
 topics() {
-  "$PY" bench/topics.py "$1" 4 "$KAFKA_BROKERS"
+  "$PY" bench/topics.py create "$1" 4 "$KAFKA_BROKERS"
+}
+drop_topics() {
+  "$PY" bench/topics.py delete "$1" "$KAFKA_BROKERS"
 }
 
 # env_for PREFIX DB PORT: the stock config pointed at PREFIX's topics, DB
@@ -91,6 +95,7 @@ echo "|---|---:|---:|---:|---:|---:|"
 for cards in ${SCALING_CARDS:-10000 100000}; do
   produce "$RUN-c$cards" --cards "$cards"
   IFS='|' read -r k tps cpu rss < <(consume "c$cards" "$RUN-c$cards" 1)
+  drop_topics "$RUN-c$cards"
   echo "| $cards cards | 1 | $k | $tps | $cpu | $rss |"
 done
 produce "$RUN-i"
@@ -99,3 +104,4 @@ for instances in 1 2 4; do
   IFS='|' read -r k tps cpu rss < <(consume "i$instances" "$RUN-i" "$instances")
   echo "| default world | $instances | $k | $tps | $cpu | $rss |"
 done
+drop_topics "$RUN-i"

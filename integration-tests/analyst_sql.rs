@@ -102,5 +102,5 @@ reason = "large amount"
         unexplained.is_empty(),
         "documented queries that return nothing: {unexplained:#?}"
     );
-    world.drop_database().await;
+    world.tear_down().await;
 }

@@ -217,5 +217,5 @@ action = "review"
     assert!((m["champion"]["auc_roc"].as_f64().unwrap() - auc).abs() < 1e-9);
     assert_eq!(m["challenger"]["model"], crate::common::model_label(&int8));
     assert!(m["challenger"]["auc_roc"].as_f64().unwrap() > 0.5);
-    world.drop_database().await;
+    world.tear_down().await;
 }

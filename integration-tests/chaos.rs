@@ -1227,8 +1227,8 @@ async fn chaos_run() {
     }
     world.assert_exactly_once(input.records).await;
     if !p.keep_db {
-        clean_world.drop_database().await;
-        world.drop_database().await;
+        clean_world.tear_down().await;
+        world.tear_down().await;
     }
 }
 

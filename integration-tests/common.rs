@@ -2,6 +2,8 @@
 //! file) and the engine as a child process.
 
 use chrono::NaiveDate;
+use rdkafka::admin::{AdminClient, AdminOptions};
+use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::ClientConfig;
 use riskstream::simulate::{self, SimConfig, Simulator};
@@ -634,7 +636,9 @@ listen = ""
             .collect()
     }
 
-    pub async fn drop_database(self) {
+    /// Drop the world's database and delete its topics: a `make test` makes
+    /// about 150 topics, which a stack that runs it every day would keep.
+    pub async fn tear_down(self) {
         self.pool.close().await;
         let admin = PgPool::connect(&admin_url()).await.unwrap();
         let _ = sqlx::query(&format!(
@@ -643,6 +647,15 @@ listen = ""
         ))
         .execute(&admin)
         .await;
+        let kafka: AdminClient<DefaultClientContext> = ClientConfig::new()
+            .set("bootstrap.servers", brokers())
+            .create()
+            .unwrap();
+        let topics = ["transactions", "labels", "dlq"].map(|kind| self.topic(kind));
+        let names: Vec<&str> = topics.iter().map(String::as_str).collect();
+        let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+        // Best effort, like the database: a topic a test never made is not an error.
+        let _ = kafka.delete_topics(&names, &options).await;
     }
 }
 

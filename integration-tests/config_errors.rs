@@ -122,5 +122,5 @@ async fn bad_configs_are_rejected_by_check_config_and_run() {
             "`{command}` refuses a tampered language model by its key: {out}"
         );
     }
-    world.drop_database().await;
+    world.tear_down().await;
 }

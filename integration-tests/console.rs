@@ -487,7 +487,7 @@ password_hash = "{bob}"
     assert_eq!(n, 2, "the read-only user's label was not stored");
 
     b.client.clone().close().await.unwrap();
-    world.drop_database().await;
+    world.tear_down().await;
 }
 
 /// `make screenshots`: the console's pages on what `make demo` stored, for
@@ -652,5 +652,5 @@ role = "read-only"
     .await;
     assert_eq!(status, 404, "no such decision: {page}");
     assert_eq!(world.count("SELECT count(*) FROM label_reviews").await, 0);
-    world.drop_database().await;
+    world.tear_down().await;
 }

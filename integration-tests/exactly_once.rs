@@ -46,7 +46,7 @@ async fn fault_free_run() -> BTreeMap<String, String> {
         "a fault-free run never scores before the watermark"
     );
     let features = world.features().await;
-    world.drop_database().await;
+    world.tear_down().await;
     features
 }
 
@@ -102,7 +102,7 @@ async fn kill_9_mid_stream_and_restart_changes_nothing() {
     engine.terminate();
     world.assert_exactly_once(produced).await;
     assert_same_features(&world.features().await, &clean);
-    world.drop_database().await;
+    world.tear_down().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -140,5 +140,5 @@ async fn two_instances_one_killed_mid_stream() {
     world.assert_exactly_once(produced).await;
     assert_same_features(&world.features().await, &clean);
     drop::<Engine>(b);
-    world.drop_database().await;
+    world.tear_down().await;
 }

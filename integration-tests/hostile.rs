@@ -299,7 +299,7 @@ async fn hostile_records_are_dead_lettered_without_stalling_the_stream() {
             "reasons are printable: {reason:?}"
         );
     }
-    world.drop_database().await;
+    world.tear_down().await;
 }
 
 /// A value Postgres refuses (here: a constraint an operator added) is the
@@ -370,7 +370,7 @@ async fn lagging_partition(
     .fetch_one(&world.pool)
     .await
     .unwrap();
-    world.drop_database().await;
+    world.tear_down().await;
     (rows, batches)
 }
 
@@ -448,7 +448,7 @@ async fn a_row_postgres_refuses_is_dead_lettered_and_the_batch_proceeds() {
             "{r}"
         );
     }
-    world.drop_database().await;
+    world.tear_down().await;
 }
 
 /// A failure no retry can fix (the schema changed under the engine) is
@@ -498,5 +498,5 @@ async fn a_fatal_stage_failure_exits_non_zero_with_its_cause() {
     assert!(engine.terminate().success());
     world.assert_exactly_once(produced + 10).await;
     owner.close().await;
-    world.drop_database().await;
+    world.tear_down().await;
 }

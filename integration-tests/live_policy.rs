@@ -205,7 +205,7 @@ async fn thresholds_and_rules_change_live_and_a_broken_edit_changes_nothing() {
             .await
             .unwrap();
     assert_eq!(reasons[0], "blocked-card: card on the block list");
-    world.drop_database().await;
+    world.tear_down().await;
 }
 
 fn int8_dir() -> std::path::PathBuf {
@@ -316,5 +316,5 @@ async fn a_shadow_model_is_stored_beside_and_promoted_live() {
             )),
         "{models:?}"
     );
-    world.drop_database().await;
+    world.tear_down().await;
 }

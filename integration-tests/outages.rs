@@ -385,7 +385,7 @@ async fn baseline() -> BTreeMap<String, String> {
     assert!(engine.terminate().success(), "{}", engine.log_tail());
     world.assert_exactly_once(produced).await;
     let b = world.features().await;
-    world.drop_database().await;
+    world.tear_down().await;
     *BASELINE.lock().unwrap() = Some(b.clone());
     b
 }
@@ -502,7 +502,7 @@ async fn ride_through(test: &str, what: Outage, down: Duration, reason: &[&str])
     );
     world.assert_exactly_once(produced).await;
     assert_same_features(&world.features().await, &clean);
-    world.drop_database().await;
+    world.tear_down().await;
 }
 
 /// Seen: a 30 s Postgres outage ridden through with nothing lost or doubled
@@ -594,7 +594,7 @@ async fn waits_at_start_up(test: &str, what: Outage, logged: Option<&str>) {
     );
     assert!(engine.terminate().success(), "{}", engine.log_tail());
     world.assert_exactly_once(produced).await;
-    world.drop_database().await;
+    world.tear_down().await;
 }
 
 /// Start-up retries with backoff while Postgres is not up yet, instead of

@@ -198,5 +198,5 @@ async fn retention_drops_whole_months_and_leaves_the_others_as_they_were() {
         stdout.contains("0 partition(s) created") && stdout.contains("nothing before"),
         "{stdout}"
     );
-    world.drop_database().await;
+    world.tear_down().await;
 }

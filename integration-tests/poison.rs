@@ -166,5 +166,5 @@ async fn each_poison_record_is_dead_lettered_with_its_reason_and_offset() {
         assert!(reason.contains(poison[i].0));
         assert_eq!(*len, poison[i].1.len());
     }
-    world.drop_database().await;
+    world.tear_down().await;
 }

@@ -233,7 +233,7 @@ async fn the_writer_inserts_and_advances_offsets_but_never_rewrites_history() {
     .unwrap();
     assert!(foreign.is_empty(), "owned by others: {foreign:?}");
     writer.close().await;
-    world.drop_database().await;
+    world.tear_down().await;
 }
 
 #[tokio::test]
@@ -273,7 +273,7 @@ async fn the_analyst_reads_every_table_and_view_and_writes_nothing() {
         wrong.join("\n  ")
     );
     analyst.close().await;
-    world.drop_database().await;
+    world.tear_down().await;
 }
 
 #[tokio::test]
@@ -318,7 +318,7 @@ async fn the_reviewer_reads_everything_and_only_appends_label_reviews() {
         .unwrap();
     assert_eq!(kept, 1);
     reviewer.close().await;
-    world.drop_database().await;
+    world.tear_down().await;
 }
 
 /// A later migration creates a table and a view as the owner: analysts can
@@ -384,7 +384,7 @@ async fn default_privileges_cover_what_later_migrations_add() {
     for pool in [owner, analyst, writer] {
         pool.close().await;
     }
-    world.drop_database().await;
+    world.tear_down().await;
 }
 
 /// `riskstream run` does not migrate: on a database without the migrations
@@ -457,7 +457,7 @@ async fn run_refuses_an_unmigrated_database_and_migrate_fixes_it() {
     );
     pool.close().await;
     drop_scratch_database(&bare).await;
-    world.drop_database().await;
+    world.tear_down().await;
 }
 
 /// A database migrated by a superuser before the roles existed: the
@@ -524,7 +524,7 @@ async fn a_database_migrated_before_the_roles_is_handed_to_the_owner() {
         pool.close().await;
     }
     drop_scratch_database(&old).await;
-    world.drop_database().await;
+    world.tear_down().await;
 }
 
 /// The engine itself, as the writer, on a world the migrator migrated.
@@ -557,5 +557,5 @@ async fn the_engine_decides_a_stream_as_the_writer() {
     );
     assert!(engine.terminate().success(), "{}", engine.log_tail());
     world.assert_exactly_once(produced).await;
-    world.drop_database().await;
+    world.tear_down().await;
 }

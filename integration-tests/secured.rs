@@ -212,7 +212,7 @@ async fn engine_runs_against_a_sasl_ssl_broker() {
         on_dlq, dead,
         "the dead-letter producer wrote every dead letter to Kafka through SASL_SSL"
     );
-    world.drop_database().await;
+    world.tear_down().await;
 }
 
 /// A wrong password is not a broker that is still starting: the engine
@@ -237,7 +237,7 @@ async fn a_refused_sasl_login_fails_start_up_with_its_cause() {
     assert!(log.contains("refused"), "the cause is named:\n{log}");
     let whole = std::fs::read_to_string(&engine.log).unwrap();
     assert!(!whole.contains(wrong), "the password never reaches the log");
-    world.drop_database().await;
+    world.tear_down().await;
 }
 
 async fn ssl_of(c: &mut PgConnection) -> bool {

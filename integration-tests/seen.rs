@@ -81,7 +81,7 @@ async fn seen_a_far_future_record_without_tx_id_froze_its_partition() {
             .await,
         0
     );
-    world.drop_database().await;
+    world.tear_down().await;
 }
 
 /// "A valid-looking event whose card_id holds a NUL character ended the
@@ -127,5 +127,5 @@ async fn seen_a_nul_in_a_card_id_stopped_the_engine_and_zero_amounts_were_refuse
         .await
         .unwrap();
     assert!(reason.contains("card_id"), "{reason}");
-    world.drop_database().await;
+    world.tear_down().await;
 }

@@ -284,6 +284,7 @@ async fn copied_rows_read_back_as_sent_and_a_tx_id_decided_meanwhile_is_a_duplic
         3,
         "moved, not lost"
     );
+    world.tear_down().await;
 }
 
 /// The terminal-fraud read the featurizer reloads once a closed day
@@ -385,4 +386,5 @@ async fn terminal_frauds_are_the_windows_reported_frauds_and_nothing_else() {
     ]
     .map(|(t, tx, rep)| (t.to_string(), day(tx), day(rep)));
     assert_eq!(got, want);
+    world.tear_down().await;
 }

@@ -220,5 +220,5 @@ async fn views_on_summaries_equal_the_figures_of_every_decision() {
             .unwrap_or_else(|e| panic!("the analyst reads {view}: {e}"));
     }
     analyst.close().await;
-    world.drop_database().await;
+    world.tear_down().await;
 }
