@@ -12,11 +12,15 @@
 # DIR, so an older build reads the stream it was written for); then each
 # binary, started in its DIR (where its config/ and migrations are),
 # consumes all of them into a fresh database of its own, one after the
-# other. Prints wall time, CPU seconds and tx/s per label; logs go to
+# other. Prints wall time, the engine's CPU seconds, tx/s and the CPU
+# seconds PostgreSQL used meanwhile (until the engine's connections closed,
+# autovacuum included) per label; logs go to
 # bench/.out/ab-LABEL.log. Each run's database is dropped after it. An older
 # build is made with e.g.
 #   git worktree add /tmp/base <commit> && (cd /tmp/base && cargo build --release)
-# (sharing CARGO_TARGET_DIR: copy each binary out before building the next).
+# (sharing CARGO_TARGET_DIR: copy each binary out before building the next,
+# and `touch src/lib.rs` in a checkout before building it again: cargo goes
+# by modification times, and its files may be older than the other build).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 : "${KAFKA_BROKERS:?source scripts/env.sh first}"
@@ -63,6 +67,7 @@ for spec in "$@"; do
     ENV+=("${more[@]}")
   fi
   (cd "$dir" && env "${ENV[@]}" "$bin" migrate >/dev/null)
+  pg_start=$(postgres_cpu_seconds)
   start=$(date +%s.%N)
   (cd "$dir" && exec env "${ENV[@]}" "$bin" run 2>"$OUT/ab-$label.log") &
   pid=$!
@@ -71,8 +76,11 @@ for spec in "$@"; do
   cpu=$(cpu_seconds "$pid")
   kill -TERM "$pid"
   wait "$pid" || true
-  awk -v l="$label" -v a="$start" -v b="$end" -v n="$N" -v c="$cpu" \
-    'BEGIN { printf "%s: %d tx in %.1f s wall, %.1f s CPU, %.0f tx/s\n", l, n, b - a, c, n / (b - a) }'
+  sleep 1 # its backends end and are reaped
+  pg=$(awk -v a="$pg_start" -v b="$(postgres_cpu_seconds)" 'BEGIN { print b - a }')
+  # bench/policy.sh reads the fields by position: add new ones at the end.
+  awk -v l="$label" -v a="$start" -v b="$end" -v n="$N" -v c="$cpu" -v p="$pg" \
+    'BEGIN { printf "%s: %d tx in %.1f s wall, %.1f s CPU, %.0f tx/s; Postgres %.1f s CPU\n", l, n, b - a, c, n / (b - a), p }'
   # So that the next run does not share the cores with this one's autovacuum
   # and checkpoint (which made later runs of the same build up to 30 % slower).
   "${PSQL[@]}" -d riskstream -c "DROP DATABASE $db WITH (FORCE)" -c "CHECKPOINT"

@@ -43,3 +43,16 @@ wait_committed_offsets() {
 cpu_seconds() {
   awk -v t="$(getconf CLK_TCK)" '{ print ($14 + $15) / t }' "/proc/$1/stat"
 }
+
+# postgres_cpu_seconds: user + system CPU seconds the PostgreSQL server has
+# used so far: the postmaster, the children it has reaped (backends and
+# autovacuum workers that ended) and the ones alive. A backend counts while
+# it runs and after it ends, so take the second reading after the system
+# under test has disconnected.
+postgres_cpu_seconds() {
+  local pm
+  pm=$("${PSQL[@]}" -d postgres -tA -c "SELECT split_part(pg_read_file('postmaster.pid'), E'\n', 1)")
+  { awk '{ print $14 + $15 + $16 + $17 }' "/proc/$pm/stat"
+    for c in $(pgrep -P "$pm"); do awk '{ print $14 + $15 }' "/proc/$c/stat" 2>/dev/null || true; done
+  } | awk -v t="$(getconf CLK_TCK)" '{ s += $1 } END { print s / t }'
+}

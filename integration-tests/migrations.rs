@@ -264,3 +264,67 @@ async fn decisions_must_name_an_existing_threshold_set() {
     pool.close().await;
     drop_scratch_database(db).await;
 }
+
+/// The per-decision arrays carry no planner statistics (migration
+/// 20261206000001): on the month partitions there were when it ran and on
+/// the months made after it, while the other columns keep theirs. Checked
+/// where it matters, in what ANALYZE leaves in `pg_stats`.
+#[tokio::test]
+async fn analyze_skips_the_weight_arrays_of_old_and_new_months() {
+    let db = "riskstream_it_array_statistics";
+    let pool = scratch_pool(db).await;
+    migrations_before(20261206000001).run(&pool).await.unwrap();
+    let day = |s: &str| chrono::NaiveDate::parse_from_str(s, "%Y-%m-%d").unwrap();
+    sink::partitions::create(&pool, &[day("2026-03-10")])
+        .await
+        .unwrap();
+    sink::schema::MIGRATOR.run(&pool).await.unwrap();
+    sink::partitions::create(&pool, &[day("2026-04-10")])
+        .await
+        .unwrap();
+    for sql in [
+        "INSERT INTO threshold_sets (version, content_sha256, thresholds, changed_by)
+         VALUES (1, 'x', '{}', 'test')",
+        // 10 decisions in each month, with their explanations and shadow rows.
+        "INSERT INTO risk_decisions (tx_id, ts, card_id, terminal_id, amount, score, decision, model_name,
+             model_version, model_sha256, threshold_version, features, state_complete, source_topic,
+             source_partition, source_offset)
+         SELECT 't' || g, timestamptz '2026-03-20 00:00+00' + g * interval '3 days', 'c' || g % 3, 'm', g,
+                g / 100.0, 'approve', 'm', '1', 'abc', 1, ARRAY[g, 1]::real[], true, 'tx', 0, g
+           FROM generate_series(1, 20) g",
+        "INSERT INTO attention_explanations (tx_id, ts, feature_weights, history_tx_ids, history_weights)
+         SELECT tx_id, ts, '{0.5,0.5}', ARRAY['h' || source_offset], '{1}' FROM risk_decisions",
+        "INSERT INTO shadow_decisions (tx_id, ts, model_name, model_version, model_sha256, score, decision,
+             threshold_version, feature_weights, history_weights)
+         SELECT tx_id, ts, 's', '1', 'def', 0.5, 'review', 1, '{0.5,0.5}', '{1}' FROM risk_decisions",
+        "ANALYZE risk_decisions_p202603, risk_decisions_p202604, attention_explanations_p202603,
+                 attention_explanations_p202604, shadow_decisions_p202603, shadow_decisions_p202604",
+    ] {
+        sqlx::query(sql).execute(&pool).await.unwrap();
+    }
+    let analyzed: Vec<(String, String)> = sqlx::query_as(
+        "SELECT tablename::text, attname::text FROM pg_stats
+          WHERE tablename ~ '_p20260[34]$'
+            AND attname IN ('features', 'feature_weights', 'history_tx_ids', 'history_weights',
+                            'card_id', 'rules_fired', 'score')
+          ORDER BY 1, 2",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    // The arrays nowhere, on either month; the attention partitions have no other column asked for.
+    let mut want = Vec::new();
+    for (table, columns) in [
+        ("risk_decisions", &["card_id", "rules_fired", "score"][..]),
+        ("shadow_decisions", &["rules_fired", "score"][..]),
+    ] {
+        for month in ["202603", "202604"] {
+            for column in columns {
+                want.push((format!("{table}_p{month}"), column.to_string()));
+            }
+        }
+    }
+    assert_eq!(analyzed, want);
+    pool.close().await;
+    drop_scratch_database(db).await;
+}
