@@ -10,7 +10,10 @@ export RISKSTREAM_ROOT
 ORT_DYLIB_PATH="$(ls -1 "$RISKSTREAM_ROOT"/.venv/lib/python3*/site-packages/onnxruntime/capi/libonnxruntime.so.* 2>/dev/null | head -n1)"
 export ORT_DYLIB_PATH
 
-# Outside the repo so fresh clones / worktrees share one build cache.
+# Outside the repo so fresh clones / worktrees share one build cache. Cargo
+# tells a stale crate by modification times, and the clones share its
+# fingerprints: after building another checkout, `touch src/lib.rs` in this
+# one before building it, or edits older than that build are not compiled.
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/riskstream/target}"
 
 export KAFKA_BROKERS=127.0.0.1:19092
