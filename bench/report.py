@@ -11,6 +11,9 @@ not run this time are left from an earlier run, whose commit each section names)
   *-python-naive.*                    the same for bench/per_message.py (BENCH_SYSTEMS=python-naive,
                                       not run by default); shown only when present
   serve.json                          bench/serve_bench.py: `riskstream serve` per model vs in-process ORT
+  scaling.md, policy.md               bench/scaling.sh and bench/policy.sh
+The scaling, policy and serving sections are kept from the committed document when their raw
+results are absent (bench/.out/ is not in the repository: a fresh clone has none).
 """
 
 from __future__ import annotations
@@ -430,7 +433,7 @@ def serve_section(out: Path) -> list[str]:
         ALT = f"{r.get('alt_delay_ms', 2):g}"
     doc = ["## Model serving (`riskstream serve`)", ""]
     if not r:
-        return doc + ["Not run (no `serve.json` in bench/.out/): `BENCH_SYSTEMS=serve make bench`.", ""]
+        return []
     srv, st, client = r["server"], r["settings"], r["client"]
     mach = r["machine"]
     when = r["generated_at"].replace("T", " ").split("+")[0]
@@ -618,6 +621,18 @@ def policy_section(out: Path) -> list[str]:
             "other on the same 2 cores with Kafka and PostgreSQL.", ""]
 
 
+def committed_section(doc: Path, title: str) -> list[str]:
+    """The section of the committed document whose heading starts with `## {title}`, as it is:
+    what a section shows when its raw results are not in bench/.out/ (a fresh clone, or a
+    system not run this time). Each such section names the run it comes from."""
+    text = doc.read_text() if doc.exists() else ""
+    i = text.find(f"\n## {title}")
+    if i < 0:
+        return []
+    j = text.find("\n## ", i + 1)
+    return [text[i + 1:j if j >= 0 else len(text)].rstrip(), ""]
+
+
 def kept_sections(doc: Path) -> list[str]:
     """The sections another tool writes (bench/sql_scale.py's "Analyst SQL at …"), as they are:
     `make bench` rewrites everything before them."""
@@ -724,9 +739,11 @@ def main():
         "",
         *stack_section(a.out, a.model_dir, commit),
         *targets_section(a.out),
-        *scaling_section(a.out),
-        *policy_section(a.out),
-        *serve_section(a.out),
+        *(scaling_section(a.out) or committed_section(a.doc, "How cost grows")),
+        *(policy_section(a.out) or committed_section(a.doc, "Rules and a shadow model")),
+        *(serve_section(a.out) or committed_section(a.doc, "Model serving")
+          or ["## Model serving (`riskstream serve`)", "",
+              "Not run (no `serve.json` in bench/.out/): `BENCH_SYSTEMS=serve make bench`.", ""]),
         *kept_sections(a.doc),
     ]
     a.doc.write_text("\n".join(doc))

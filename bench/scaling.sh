@@ -32,11 +32,11 @@ RUN="scale$(date +%s)"
 mkdir -p "$OUT"
 
 # topics PREFIX: fresh transactions (4 partitions), labels and DLQ topics;
-# drop_topics PREFIX: delete them once every run that reads them is done.
+# delete_topics PREFIX: delete them once every run that reads them is done.
 topics() {
   "$PY" bench/topics.py create "$1" 4 "$KAFKA_BROKERS"
 }
-drop_topics() {
+delete_topics() {
   "$PY" bench/topics.py delete "$1" "$KAFKA_BROKERS"
 }
 
@@ -95,7 +95,7 @@ echo "|---|---:|---:|---:|---:|---:|"
 for cards in ${SCALING_CARDS:-10000 100000}; do
   produce "$RUN-c$cards" --cards "$cards"
   IFS='|' read -r k tps cpu rss < <(consume "c$cards" "$RUN-c$cards" 1)
-  drop_topics "$RUN-c$cards"
+  delete_topics "$RUN-c$cards"
   echo "| $cards cards | 1 | $k | $tps | $cpu | $rss |"
 done
 produce "$RUN-i"
@@ -104,4 +104,4 @@ for instances in 1 2 4; do
   IFS='|' read -r k tps cpu rss < <(consume "i$instances" "$RUN-i" "$instances")
   echo "| default world | $instances | $k | $tps | $cpu | $rss |"
 done
-drop_topics "$RUN-i"
+delete_topics "$RUN-i"
