@@ -289,7 +289,7 @@ async fn analyze_skips_the_weight_arrays_of_old_and_new_months() {
         "INSERT INTO risk_decisions (tx_id, ts, card_id, terminal_id, amount, score, decision, model_name,
              model_version, model_sha256, threshold_version, features, state_complete, source_topic,
              source_partition, source_offset)
-         SELECT 't' || g, timestamptz '2026-03-20 00:00+00' + g * interval '3 days', 'c' || g % 3, 'm', g,
+         SELECT 't' || g, timestamptz '2026-03-10 00:00+00' + g * interval '2 days', 'c' || g % 3, 'm', g,
                 g / 100.0, 'approve', 'm', '1', 'abc', 1, ARRAY[g, 1]::real[], true, 'tx', 0, g
            FROM generate_series(1, 20) g",
         "INSERT INTO attention_explanations (tx_id, ts, feature_weights, history_tx_ids, history_weights)
