@@ -60,7 +60,7 @@ for spec in "$@"; do
   bin=${rest%%:*} after=${rest#*:} db="ab_${spec%%=*}"
   dir=${after%%:*} extra=""
   [[ $after == *:* ]] && extra=${after#*:}
-  "${PSQL[@]}" -d riskstream -c "DROP DATABASE IF EXISTS $db WITH (FORCE)" -c "CREATE DATABASE $db" 2>/dev/null
+  fresh_db "$db"
   env_for "$PREFIX-$label" "$db" "$bin"
   if [[ -n $extra ]]; then
     IFS=, read -ra more <<<"$extra"

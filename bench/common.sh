@@ -39,6 +39,12 @@ wait_committed_offsets() {
   return 1
 }
 
+# fresh_db DB: an empty database DB (dropped first if it is there).
+fresh_db() {
+  "${PSQL[@]}" -d postgres -c "SET client_min_messages = warning" \
+    -c "DROP DATABASE IF EXISTS $1 WITH (FORCE)" -c "CREATE DATABASE $1"
+}
+
 # cpu_seconds PID: user + system CPU seconds of a running process.
 cpu_seconds() {
   awk -v t="$(getconf CLK_TCK)" '{ print ($14 + $15) / t }' "/proc/$1/stat"

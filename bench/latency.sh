@@ -45,7 +45,7 @@ for spec in "$@"; do
     IFS=, read -ra more <<<"$extra"
     ENV+=("${more[@]}")
   fi
-  "${PSQL[@]}" -d riskstream -c "DROP DATABASE IF EXISTS $db WITH (FORCE)" -c "CREATE DATABASE $db"
+  fresh_db "$db"
   env "${ENV[@]}" "$bin" migrate >/dev/null
   env "${ENV[@]}" "$bin" run 2>"$OUT/lat-$label.log" &
   pid=$!

@@ -431,9 +431,9 @@ def serve_section(out: Path) -> list[str]:
     r = load(out, "serve.json")
     if r is not None:
         ALT = f"{r.get('alt_delay_ms', 2):g}"
-    doc = ["## Model serving (`riskstream serve`)", ""]
     if not r:
         return []
+    doc = ["## Model serving (`riskstream serve`)", ""]
     srv, st, client = r["server"], r["settings"], r["client"]
     mach = r["machine"]
     when = r["generated_at"].replace("T", " ").split("+")[0]

@@ -79,10 +79,6 @@ sql() { "${PSQL[@]}" -d "$1" -tA -c "$2"; }
 # shellcheck source=bench/common.sh
 . bench/common.sh
 
-fresh_db() {
-  "${PSQL[@]}" -d riskstream -c "DROP DATABASE IF EXISTS $1 WITH (FORCE)" -c "CREATE DATABASE $1"
-}
-
 # Topics stamped with the broker's append time (LogAppendTime), so a record's
 # Kafka timestamp is when Kafka received it, whoever produced it.
 create_topics() {

@@ -53,7 +53,7 @@ env_for() {
 # consume LABEL PREFIX INSTANCES: prints "cards|tx/s|CPU ms per 1k tx|peak RSS MiB (sum)".
 consume() {
   local label=$1 prefix=$2 instances=$3 db="scaling_$1" pids=() i
-  "${PSQL[@]}" -d riskstream -c "DROP DATABASE IF EXISTS $db WITH (FORCE)" -c "CREATE DATABASE $db" 2>/dev/null
+  fresh_db "$db"
   env_for "$prefix" "$db" 9470
   env "${ENV[@]}" "$BIN" migrate >/dev/null
   local start

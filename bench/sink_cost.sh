@@ -17,6 +17,8 @@ SRC=${1:?usage: $0 SRC_DB [BATCHES]} BATCHES=${2:-100}
 BIN=${BENCH_BIN:-$CARGO_TARGET_DIR/release/riskstream}
 PSQL=(psql -q -X -v ON_ERROR_STOP=1 -h 127.0.0.1 -p 15432 -U postgres)
 export PGOPTIONS="-c client_min_messages=warning"
+# shellcheck source=bench/common.sh
+. bench/common.sh
 RD="tx_id, ts, card_id, terminal_id, amount, currency, mcc, channel, country, score, decision, model_name,
     model_version, model_sha256, threshold_version, state_complete, decided_at, kafka_ts, source_topic,
     source_partition, source_offset, mcc_surprise, features, rules_fired"
@@ -46,7 +48,7 @@ months=$("${PSQL[@]}" -d "$SRC" -tAc "SELECT string_agg(DISTINCT (ts AT TIME ZON
 
 # load TABLES...: a fresh database, the batches of TABLES (ids rd ae), backend CPU seconds.
 load() {
-  "${PSQL[@]}" -d postgres -c "DROP DATABASE IF EXISTS $DB WITH (FORCE)" -c "CREATE DATABASE $DB"
+  fresh_db "$DB"
   RISKSTREAM_CONFIG=config/riskstream.toml RISKSTREAM_POSTGRES__URL="postgres://postgres@127.0.0.1:15432/$DB" \
     RISKSTREAM_POSTGRES__MIGRATE_URL="postgres://postgres@127.0.0.1:15432/$DB" "$BIN" migrate >/dev/null
   "${PSQL[@]}" -d "$DB" \
