@@ -95,8 +95,16 @@ def engine_stages(metrics: str) -> tuple[list[tuple[str, float]], float]:
     m = prometheus(metrics)
     batches = m.get('riskstream_stage_seconds_count{stage="total"}') or NAN
     stage = lambda s: 1000 * m.get(f'riskstream_stage_seconds_sum{{stage="{s}"}}', NAN) / batches
-    return [
-        ("featurize (decode, state, polars)", stage("featurize")),
+    # The featurize stage first waits for and loads the terminal days its
+    # batch reads (measured apart since 2026-12-03; absent before).
+    featurize = [("featurize (decode, state, polars)", stage("featurize"))]
+    if 'riskstream_stage_seconds_sum{stage="terminal_state"}' in m:
+        featurize = [
+            ("featurize stage", stage("terminal_state") + stage("featurize")),
+            ("  terminal state (watermarks, closed days from Postgres)", stage("terminal_state")),
+            ("  decode, card state, polars", stage("featurize")),
+        ]
+    return featurize + [
         ("score", stage("score")),
         # Per batch, whatever the number of ONNX Runtime calls (chunks of model.max_batch rows).
         ("  of which ONNX Runtime", 1000 * m.get("riskstream_model_seconds_sum", NAN) / batches),

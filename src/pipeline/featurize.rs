@@ -149,9 +149,10 @@ pub(super) async fn featurize_stage(
             let piece = pending.take(p.batch_max_rows, delay);
             let readiness = match (piece.days, loader.as_mut()) {
                 (Some((lo, hi)), Some(loader)) => {
+                    let started = Instant::now();
                     let force = blocked_since.is_some_and(|t| t.elapsed() >= state_wait);
                     let mut backoff = Backoff::new();
-                    loop {
+                    let readiness = loop {
                         match loader.check(&mut terminals, lo, hi, force).await {
                             Ok(r) => break r,
                             Err(e) => {
@@ -160,7 +161,9 @@ pub(super) async fn featurize_stage(
                                     .await?
                             }
                         }
-                    }
+                    };
+                    shared.metrics.stage_took("terminal_state", started);
+                    readiness
                 }
                 _ => Readiness::Complete,
             };
