@@ -186,6 +186,9 @@ pub struct World {
     pub language_model: bool,
 }
 
+/// The topics a world makes (`World::topic`) and deletes when torn down.
+const TOPIC_KINDS: [&str; 3] = ["transactions", "labels", "dlq"];
+
 impl World {
     pub async fn new(test: &str, partitions: i32) -> World {
         let name = format!("it_{test}_{}", std::process::id());
@@ -228,13 +231,18 @@ impl World {
             language_model: true,
         };
         std::fs::write(&world.config_path, world.config_text(partitions, "")).unwrap();
+        let topics = TOPIC_KINDS.map(|kind| {
+            let n = if kind == "transactions" {
+                partitions
+            } else {
+                1
+            };
+            (world.topic(kind), n)
+        });
+        let topics: Vec<(&str, i32)> = topics.iter().map(|(t, n)| (t.as_str(), *n)).collect();
         riskstream::ingest::topics::ensure_topics(
             &riskstream::ingest::client::plain(&brokers()),
-            &[
-                (&world.topic("transactions"), partitions),
-                (&world.topic("labels"), 1),
-                (&world.topic("dlq"), 1),
-            ],
+            &topics,
         )
         .await
         .unwrap();
@@ -651,7 +659,7 @@ listen = ""
             .set("bootstrap.servers", brokers())
             .create()
             .unwrap();
-        let topics = ["transactions", "labels", "dlq"].map(|kind| self.topic(kind));
+        let topics = TOPIC_KINDS.map(|kind| self.topic(kind));
         let names: Vec<&str> = topics.iter().map(String::as_str).collect();
         let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
         // Best effort, like the database: a topic a test never made is not an error.
