@@ -8,6 +8,10 @@
 #
 #   bench/sink_cost.sh SRC_DB [BATCHES]     (default 100 batches: 200,000 decisions)
 #
+# SINK_COST_VARIANT: SQL run on each fresh database after its migrations, to
+# measure a schema variant (e.g. "DROP TRIGGER … ON risk_decisions");
+# SINK_COST_TABLES: which loads to measure (default "ids;rd;ae;ids rd ae").
+#
 # Prints the backend CPU per decision for each table alone and for the three
 # together. Needs the stack's superuser (server-side COPY and pg_read_file).
 set -euo pipefail
@@ -54,7 +58,8 @@ load() {
   "${PSQL[@]}" -d "$DB" \
     -c "INSERT INTO threshold_sets (version, content_sha256, thresholds, changed_by)
         SELECT v, 'sink_cost ' || v, '{}', 'sink_cost' FROM unnest('{$versions}'::int[]) v" \
-    -c "SELECT create_decision_partitions('{$months}'::date[])" -c "CHECKPOINT" >/dev/null
+    -c "SELECT create_decision_partitions('{$months}'::date[])" \
+    -c "${SINK_COST_VARIANT:-SELECT}" -c "CHECKPOINT" >/dev/null
   {
     echo "SELECT pg_read_file('/proc/' || pg_backend_pid() || '/stat') AS s0 \\gset"
     for ((i = 0; i < BATCHES; i++)); do
@@ -77,7 +82,8 @@ load() {
 }
 
 echo "PostgreSQL backend CPU for $rows decisions of $SRC in batches of 2,000 (server-side binary COPY):"
-for tables in "ids" "rd" "ae" "ids rd ae"; do
+IFS=';' read -ra LOADS <<<"${SINK_COST_TABLES:-ids;rd;ae;ids rd ae}"
+for tables in "${LOADS[@]}"; do
   # shellcheck disable=SC2086  # a list of tables
   cpu=$(load $tables)
   awk -v t="$tables" -v c="$cpu" -v n="$rows" 'BEGIN { printf "  %-10s %6.2f s  %5.1f us a decision\n", t, c, c * 1e6 / n }'
