@@ -649,12 +649,17 @@ listen = ""
     pub async fn tear_down(self) {
         self.pool.close().await;
         let admin = PgPool::connect(&admin_url()).await.unwrap();
-        let _ = sqlx::query(&format!(
+        // Best effort (a failed drop must not fail a test that passed), but
+        // said: a database left behind once went unexplained.
+        if let Err(e) = sqlx::query(&format!(
             "DROP DATABASE IF EXISTS {} WITH (FORCE)",
             self.name
         ))
         .execute(&admin)
-        .await;
+        .await
+        {
+            eprintln!("tear-down: database {} left behind: {e}", self.name);
+        }
         let kafka: AdminClient<DefaultClientContext> = ClientConfig::new()
             .set("bootstrap.servers", brokers())
             .create()
@@ -662,8 +667,17 @@ listen = ""
         let topics = TOPIC_KINDS.map(|kind| self.topic(kind));
         let names: Vec<&str> = topics.iter().map(String::as_str).collect();
         let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
-        // Best effort, like the database: a topic a test never made is not an error.
-        let _ = kafka.delete_topics(&names, &options).await;
+        // Best effort, like the database; a topic a test never made is not an error.
+        match kafka.delete_topics(&names, &options).await {
+            Err(e) => eprintln!("tear-down: topics of {} left behind: {e}", self.name),
+            Ok(results) => {
+                for (topic, code) in results.into_iter().filter_map(Result::err) {
+                    if code != rdkafka::types::RDKafkaErrorCode::UnknownTopicOrPartition {
+                        eprintln!("tear-down: topic {topic} left behind: {code}");
+                    }
+                }
+            }
+        }
     }
 }
 
