@@ -3,11 +3,8 @@
 //!
 //! `src/event.rs` is compiled here from its own file instead of through the
 //! `riskstream` crate, which would drag polars, ort and rdkafka into every
-//! fuzz build. Whatever bytes arrive, both decoders must return, every
-//! rejection must be printable (it is stored as the dead-letter reason and
-//! logged), and every accepted record must be one the engine can key, store
-//! and re-encode unchanged. A violated property panics, which AFL records as
-//! a crash.
+//! fuzz build. What the contract asserts is documented there; a violated
+//! property panics, which AFL records as a crash.
 
 #[allow(dead_code)]
 #[path = "../../src/event.rs"]
