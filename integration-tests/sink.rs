@@ -287,6 +287,98 @@ async fn copied_rows_read_back_as_sent_and_a_tx_id_decided_meanwhile_is_a_duplic
     world.tear_down().await;
 }
 
+/// A batch over several partitions moves all their offsets in its one
+/// statement, or, when any one of them was claimed again since (a stale
+/// epoch), is refused as `Fenced` naming that partition and writes nothing:
+/// no offset moves, no row lands.
+#[tokio::test]
+async fn a_stale_epoch_on_any_partition_fences_the_whole_batch() {
+    let world = World::new("sink_fence", 1).await;
+    let pool = &world.pool;
+    let (manifest, version, _) = registered(pool).await;
+    let claims = sink::claim_partitions(pool, "g", "tx", &[1, 2, 3], "sink-test")
+        .await
+        .unwrap();
+    let epoch = |p: i32| claims.iter().find(|c| c.partition == p).unwrap().epoch;
+    let p = Provenance {
+        source_topic: "tx".into(),
+    };
+    let batch = |ids: [&str; 3], next: i64, epochs: [i64; 3]| SinkBatch {
+        model: (&manifest).into(),
+        decisions: ids
+            .iter()
+            .zip(1..)
+            .map(|(id, part)| DecisionRow {
+                threshold_version: version,
+                partition: part,
+                shadow: None,
+                ..row(id, next - 1, 1.0)
+            })
+            .collect(),
+        offsets: (1..=3)
+            .zip(epochs)
+            .map(|(partition, epoch)| OffsetUpdate {
+                topic: "tx".into(),
+                partition,
+                next_offset: next,
+                max_event_ts: None,
+                epoch,
+            })
+            .collect(),
+        ..Default::default()
+    };
+    let positions = || async {
+        sqlx::query_as::<_, (i32, i64)>(
+            "SELECT partition, next_offset FROM kafka_offsets WHERE consumer_group = 'g' AND partition > 0 ORDER BY 1",
+        )
+        .fetch_all(pool)
+        .await
+        .unwrap()
+    };
+    let dlq = Published::default();
+    let current = [epoch(1), epoch(2), epoch(3)];
+    let w = sink::write_batch(
+        pool,
+        "g",
+        &p,
+        &batch(["a1", "a2", "a3"], 10, current),
+        &dlq,
+        Mode::Bulk,
+    )
+    .await
+    .unwrap();
+    assert_eq!(w.decisions, 3);
+    assert_eq!(positions().await, [(1, 10), (2, 10), (3, 10)]);
+
+    // Partition 2 is claimed again (another instance took it over).
+    sink::claim_partitions(pool, "g", "tx", &[2], "other")
+        .await
+        .unwrap();
+    for mode in [Mode::Bulk, Mode::RowByRow] {
+        let refused = sink::write_batch(
+            pool,
+            "g",
+            &p,
+            &batch(["b1", "b2", "b3"], 20, current),
+            &dlq,
+            mode,
+        )
+        .await
+        .unwrap_err();
+        assert!(
+            matches!(refused, sink::SinkError::Fenced { partition: 2, .. }),
+            "{mode:?}: {refused}"
+        );
+        assert_eq!(positions().await, [(1, 10), (2, 10), (3, 10)], "{mode:?}");
+        assert_eq!(
+            world.count("SELECT count(*) FROM risk_decisions").await,
+            3,
+            "{mode:?}: nothing of the fenced batch lands"
+        );
+    }
+    world.tear_down().await;
+}
+
 /// The terminal-fraud read the featurizer reloads once a closed day
 /// (`sink::state::terminal_frauds`): frauds of the window's transactions,
 /// in two month partitions, reported from its first day and before

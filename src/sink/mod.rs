@@ -460,6 +460,13 @@ pub enum Mode {
 
 /// Write a batch and its offsets atomically. Fails with [`SinkError::Fenced`]
 /// (and writes nothing) if any partition's epoch is stale.
+///
+/// In [`Mode::Bulk`] the rows go in by binary `COPY`, all or nothing, with no
+/// savepoint around it: a round trip a batch saved while nothing is refused.
+/// When Postgres refuses the COPY (a tx_id decided meanwhile by another
+/// instance, or a value it does not take), that transaction is rolled back
+/// and the batch is written again in a new one by the INSERT path, which
+/// sorts such rows out.
 pub async fn write_batch(
     pool: &PgPool,
     group: &str,
@@ -468,57 +475,69 @@ pub async fn write_batch(
     dlq: &dyn PublishDeadLetters,
     mode: Mode,
 ) -> Result<Written, SinkError> {
+    let rows = match mode {
+        Mode::Bulk => Rows::Copy,
+        Mode::RowByRow => Rows::OneByOne,
+    };
+    match transaction(pool, group, p, b, dlq, rows).await? {
+        Ok(written) => Ok(written),
+        Err(refused) => {
+            tracing::info!(error = %refused, rows = b.decisions.len(), "postgres refused the batch's COPY; inserting it");
+            let written = transaction(pool, group, p, b, dlq, Rows::Insert).await?;
+            Ok(Written {
+                copy_refused: true,
+                ..written.expect("only the COPY path is refused as a whole")
+            })
+        }
+    }
+}
+
+/// How one [`transaction`] writes the batch's decisions and labels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Rows {
+    /// Binary `COPY` ([`copy_decided`]), all or nothing.
+    Copy,
+    /// One `INSERT` per table ([`insert_decided`]): duplicates become dead letters.
+    Insert,
+    /// One row at a time under a savepoint: rows Postgres refuses become
+    /// dead letters with its reason.
+    OneByOne,
+}
+
+/// One attempt at the batch's transaction. `Ok(Err(e))`: Postgres refused
+/// the COPY of [`Rows::Copy`] as a data error; nothing was written.
+async fn transaction(
+    pool: &PgPool,
+    group: &str,
+    p: &Provenance,
+    b: &SinkBatch,
+    dlq: &dyn PublishDeadLetters,
+    rows: Rows,
+) -> Result<Result<Written, SinkError>, SinkError> {
     let mut tx = pool.begin().await?;
     // Offsets first: the row locks serialize this commit against a new
     // owner's claim, so the fence below is decisive.
-    for o in &b.offsets {
-        let updated = sqlx::query(
-            "UPDATE kafka_offsets
-                SET next_offset = GREATEST(next_offset, $4),
-                    max_event_ts = GREATEST(max_event_ts, $5), updated_at = now()
-              WHERE consumer_group = $1 AND topic = $2 AND partition = $3 AND epoch = $6",
-        )
-        .bind(group)
-        .bind(&o.topic)
-        .bind(o.partition)
-        .bind(o.next_offset)
-        .bind(o.max_event_ts)
-        .bind(o.epoch)
-        .execute(&mut *tx)
-        .await?;
-        if updated.rows_affected() != 1 {
-            return Err(SinkError::Fenced {
-                topic: o.topic.clone(),
-                partition: o.partition,
-                epoch: o.epoch,
-            });
-        }
-    }
+    advance_offsets(&mut tx, group, &b.offsets).await?;
 
     let mut written = Written::default();
     let mut dead = b.dead_letters.clone();
     let decisions: Vec<&DecisionRow> = b.decisions.iter().collect();
-    match mode {
-        Mode::Bulk => {
-            // Binary COPY, all or nothing; a tx_id decided meanwhile by
-            // another instance (or a value Postgres refuses) sends the
-            // batch down the INSERT path, which sorts such rows out.
-            let copied = isolated(&mut tx, async |tx: &mut sqlx::PgConnection| {
-                copy_decided(tx, p, b, &decisions).await
-            })
-            .await?;
-            match copied {
-                Ok(()) => written.decisions += decisions.len(),
-                Err(e) => {
-                    tracing::info!(error = %e, rows = decisions.len(), "postgres refused the batch's COPY; inserting it");
-                    written.copy_refused = true;
-                    insert_decided(&mut tx, p, b, &decisions, &mut dead, &mut written).await?
+    match rows {
+        Rows::Copy | Rows::Insert => {
+            if rows == Rows::Insert {
+                insert_decided(&mut tx, p, b, &decisions, &mut dead, &mut written).await?;
+            } else {
+                match copy_decided(&mut tx, p, b, &decisions).await {
+                    Ok(()) => written.decisions += decisions.len(),
+                    // The transaction is aborted: dropping it rolls it back.
+                    Err(e) if e.failure() == Failure::Data => return Ok(Err(e)),
+                    Err(e) => return Err(e),
                 }
             }
             insert_labels(&mut tx, &b.labels).await?;
             written.labels = b.labels.len();
         }
-        Mode::RowByRow => {
+        Rows::OneByOne => {
             for d in decisions {
                 let attempt = isolated(&mut tx, async |tx: &mut sqlx::PgConnection| {
                     let mut w = Written::default();
@@ -582,7 +601,63 @@ pub async fn write_batch(
     written.dead_letters = dead.len();
     written.dead_kinds = dead.iter().map(|d| d.kind).collect();
     tx.commit().await?;
-    Ok(written)
+    Ok(Ok(written))
+}
+
+/// Move every partition of the batch to its new position, in one statement
+/// (one round trip, however many partitions), or fail with
+/// [`SinkError::Fenced`] naming a partition whose epoch is stale. The rows
+/// are locked in (topic, partition) order, as the batch lists them, so two
+/// instances' commits and claims never wait on each other in a circle.
+async fn advance_offsets(
+    tx: &mut sqlx::PgConnection,
+    group: &str,
+    offsets: &[OffsetUpdate],
+) -> Result<(), SinkError> {
+    if offsets.is_empty() {
+        return Ok(());
+    }
+    let moved: Vec<(String, i32)> = sqlx::query_as(
+        "WITH wanted AS (
+             SELECT * FROM unnest($2::text[], $3::int[], $4::bigint[], $5::timestamptz[], $6::bigint[])
+                 AS w(topic, partition, next_offset, max_event_ts, epoch)
+         ), locked AS (
+             SELECT o.topic, o.partition
+               FROM kafka_offsets o
+               JOIN wanted w ON o.topic = w.topic AND o.partition = w.partition AND o.epoch = w.epoch
+              WHERE o.consumer_group = $1
+              ORDER BY o.topic, o.partition
+                FOR UPDATE OF o
+         )
+         UPDATE kafka_offsets o
+            SET next_offset = GREATEST(o.next_offset, w.next_offset),
+                max_event_ts = GREATEST(o.max_event_ts, w.max_event_ts), updated_at = now()
+           FROM wanted w
+           JOIN locked l ON l.topic = w.topic AND l.partition = w.partition
+          WHERE o.consumer_group = $1 AND o.topic = w.topic AND o.partition = w.partition
+            AND o.epoch = w.epoch
+         RETURNING o.topic, o.partition",
+    )
+    .bind(group)
+    .bind(offsets.iter().map(|o| o.topic.as_str()).collect::<Vec<_>>())
+    .bind(offsets.iter().map(|o| o.partition).collect::<Vec<_>>())
+    .bind(offsets.iter().map(|o| o.next_offset).collect::<Vec<_>>())
+    .bind(offsets.iter().map(|o| o.max_event_ts).collect::<Vec<_>>())
+    .bind(offsets.iter().map(|o| o.epoch).collect::<Vec<_>>())
+    .fetch_all(&mut *tx)
+    .await?;
+    match offsets.iter().find(|o| {
+        !moved
+            .iter()
+            .any(|(t, p)| *t == o.topic && *p == o.partition)
+    }) {
+        None => Ok(()),
+        Some(o) => Err(SinkError::Fenced {
+            topic: o.topic.clone(),
+            partition: o.partition,
+            epoch: o.epoch,
+        }),
+    }
 }
 
 /// Run `f` under a savepoint: `Ok(Err(e))` when Postgres refused the data
@@ -776,8 +851,8 @@ async fn insert_decisions(
 /// The bulk path's fast lane: the tx_ids (`decision_ids`), decisions,
 /// explanations and shadow rows as binary `COPY` streams. All or nothing: a
 /// tx_id decided before (by another instance meanwhile, or with another
-/// time) or a value Postgres refuses fails it, and the caller, under a
-/// savepoint, falls back to [`insert_decided`], which sorts such rows out.
+/// time) or a value Postgres refuses fails it, and [`write_batch`] writes
+/// the batch again by [`insert_decided`], which sorts such rows out.
 async fn copy_decided(
     tx: &mut sqlx::PgConnection,
     p: &Provenance,
