@@ -467,6 +467,9 @@ class Scorer:
         options.intra_op_num_threads = 1
         options.inter_op_num_threads = 1
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        # The engine's session options (src/onnx/mod.rs, DISABLED_OPTIMIZERS): the
+        # comparison is of the pipelines, not of ONNX Runtime settings.
+        options.add_session_config_entry("optimization.disable_specified_optimizers", "SkipLayerNormFusion")
         self.session = ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
         self.max_batch = max_batch
 

@@ -54,8 +54,10 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 V2_DTYPES = {"float32": "FP32", "int64": "INT64"}
 NP_DTYPES = {"float32": np.float32, "int64": np.int64}
-# ort's GraphOptimizationLevel::Level3, which src/registry/model.rs uses.
+# ort's GraphOptimizationLevel::Level3, which src/onnx/mod.rs (open_session) uses.
 SERVER_GRAPH_OPT = "ORT_ENABLE_LAYOUT"
+# src/onnx/mod.rs DISABLED_OPTIMIZERS, as the server builds every session.
+SERVER_DISABLED_OPTIMIZERS = "SkipLayerNormFusion"
 
 
 def say(msg: str) -> None:
@@ -414,6 +416,7 @@ def floor_phase(model_path: Path, inputs: dict[str, np.ndarray], intra_threads: 
     opts.intra_op_num_threads = intra_threads
     opts.inter_op_num_threads = 1
     opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    opts.add_session_config_entry("optimization.disable_specified_optimizers", SERVER_DISABLED_OPTIMIZERS)
     session = ort.InferenceSession(str(model_path), opts, providers=["CPUExecutionProvider"])
     names = [o.name for o in session.get_outputs()]
     outputs = dict(zip(names, session.run(None, inputs)))
@@ -434,7 +437,8 @@ def floor_phase(model_path: Path, inputs: dict[str, np.ndarray], intra_threads: 
     out = summarise(lat, wall, len(lat))
     out.update(cpu_ms_per_request=round(1000 * (time.process_time() - cpu0) / len(lat), 4),
                session_options={"graph_optimization_level": SERVER_GRAPH_OPT, "intra_op_num_threads": intra_threads,
-                                "inter_op_num_threads": 1, "execution_mode": "ORT_SEQUENTIAL"})
+                                "inter_op_num_threads": 1, "execution_mode": "ORT_SEQUENTIAL",
+                                "disabled_optimizers": SERVER_DISABLED_OPTIMIZERS})
     return out, outputs
 
 

@@ -7,7 +7,7 @@
 pub mod manifest;
 
 pub use manifest::{DType, Manifest, ManifestError, TensorSpec};
-use ort::session::Session;
+use ort::session::{builder::GraphOptimizationLevel, Session};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, OnceLock};
 use tokio::sync::Semaphore;
@@ -43,6 +43,37 @@ pub(crate) fn environment() -> Result<&'static ort::environment::Environment, Ru
     })
     .as_ref()
     .map_err(|e| RuntimeError(e.clone()))
+}
+
+/// ONNX Runtime's graph optimisers every session is built without, by name.
+///
+/// `SkipLayerNormFusion` folds an `Add` chain into `LayerNormalization` as
+/// one `SkipLayerNormalization` node. On the fraud model that node is the
+/// feature tokens' norm, whose skip input is a broadcast bias, and it ran at
+/// 3.9 µs a row where the unfused `Add`s and `LayerNormalization` take about
+/// half that: the whole model 17.9 against 20.3 µs a row at 512 rows (17.4
+/// against 21.6 at 48), outputs within 4e-7 (2026-12-03, one thread, this
+/// level, medians of 9 alternated runs; docs/DECISIONS.md). No other
+/// committed model has a node it fuses.
+pub const DISABLED_OPTIMIZERS: &[&str] = &["SkipLayerNormFusion"];
+
+/// A session for one model's `bytes`, as every model is run here: all graph
+/// optimisations but [`DISABLED_OPTIMIZERS`], `intra_threads` threads inside
+/// one run and none across the graph's branches.
+pub(crate) fn open_session(bytes: &[u8], intra_threads: usize) -> Result<Session, String> {
+    let env = environment().map_err(|e| e.to_string())?;
+    Session::builder(env)
+        .and_then(|b| Ok(b.with_optimization_level(GraphOptimizationLevel::Level3)?))
+        .and_then(|b| {
+            Ok(b.with_config_entry(
+                "optimization.disable_specified_optimizers",
+                DISABLED_OPTIMIZERS.join(","),
+            )?)
+        })
+        .and_then(|b| Ok(b.with_intra_threads(intra_threads.max(1))?))
+        .and_then(|b| Ok(b.with_inter_threads(1)?))
+        .and_then(|mut b| b.commit_from_memory(bytes))
+        .map_err(|e| e.to_string())
 }
 
 /// One model's sessions, handed out one per run: a caller holds a permit

@@ -13,7 +13,6 @@ use super::tensor::Tensor;
 use crate::metrics::ServeMetrics;
 use crate::onnx::manifest::{DType, Manifest, TensorSpec};
 use crate::onnx::SessionPool;
-use ort::session::{builder::GraphOptimizationLevel, Session};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, OnceLock};
@@ -103,14 +102,10 @@ impl LoadedModel {
         let bytes = manifest
             .verify_file(dir)
             .map_err(|e| fail(name, vec![e.to_string()]))?;
-        let env = crate::onnx::environment().map_err(|e| fail(name, vec![e.to_string()]))?;
+        crate::onnx::environment().map_err(|e| fail(name, vec![e.to_string()]))?;
         let mut sessions = Vec::with_capacity(opts.sessions.max(1));
         for _ in 0..opts.sessions.max(1) {
-            let session = Session::builder(env)
-                .and_then(|b| Ok(b.with_optimization_level(GraphOptimizationLevel::Level3)?))
-                .and_then(|b| Ok(b.with_intra_threads(opts.intra_threads.max(1))?))
-                .and_then(|b| Ok(b.with_inter_threads(1)?))
-                .and_then(|mut b| b.commit_from_memory(&bytes))
+            let session = crate::onnx::open_session(&bytes, opts.intra_threads)
                 .map_err(|e| fail(name, vec![format!("cannot load model.onnx: {e}")]))?;
             sessions.push(session);
         }

@@ -12,8 +12,10 @@
 use crate::features::{
     FeatureBatch, FEATURE_NAMES, HISTORY_FIELD_COUNT, HISTORY_LEN, NUM_FEATURES,
 };
-use crate::onnx::{environment, Manifest, ManifestError, RuntimeError, SessionPool, TensorSpec};
-use ort::session::{builder::GraphOptimizationLevel, Session, SessionInputValue};
+use crate::onnx::{
+    environment, open_session, Manifest, ManifestError, RuntimeError, SessionPool, TensorSpec,
+};
+use ort::session::{Session, SessionInputValue};
 use ort::value::TensorRef;
 use std::borrow::Cow;
 use std::path::{Path, PathBuf};
@@ -63,14 +65,13 @@ pub enum ScoringError {
 /// the fraud contract checks of [`Scorer::open`]: for tools and tests that run
 /// other graphs (e.g. the attention parity test).
 pub fn session(path: &Path) -> Result<Session, ScoringError> {
-    let env = environment()?;
-    Session::builder(env)
-        .and_then(|b| Ok(b.with_intra_threads(1)?))
-        .and_then(|mut b| b.commit_from_file(path))
-        .map_err(|e| ScoringError::Contract {
-            model: path.display().to_string(),
-            message: format!("cannot load: {e}"),
-        })
+    let broken = |message: String| ScoringError::Contract {
+        model: path.display().to_string(),
+        message: format!("cannot load: {message}"),
+    };
+    let bytes = std::fs::read(path).map_err(|e| broken(e.to_string()))?;
+    environment()?;
+    open_session(&bytes, 1).map_err(broken)
 }
 
 /// One scored row.
@@ -127,14 +128,10 @@ impl Scorer {
             Contract::ScoreOnly => check_score_contract(&manifest),
         }
         .map_err(broken)?;
-        let env = environment()?;
+        environment()?;
         let mut sessions = Vec::with_capacity(workers);
         for _ in 0..workers.max(1) {
-            let session = Session::builder(env)
-                .and_then(|b| Ok(b.with_optimization_level(GraphOptimizationLevel::Level3)?))
-                .and_then(|b| Ok(b.with_intra_threads(intra_threads.max(1))?))
-                .and_then(|b| Ok(b.with_inter_threads(1)?))
-                .and_then(|mut b| b.commit_from_memory(&bytes))
+            let session = open_session(&bytes, intra_threads)
                 .map_err(|e| broken(format!("cannot load model.onnx: {e}")))?;
             check_session(&session, &manifest).map_err(broken)?;
             sessions.push(session);
