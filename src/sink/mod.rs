@@ -462,7 +462,8 @@ pub enum Mode {
 /// (and writes nothing) if any partition's epoch is stale.
 ///
 /// In [`Mode::Bulk`] the rows go in by binary `COPY`, all or nothing, with no
-/// savepoint around it: a round trip a batch saved while nothing is refused.
+/// savepoint around it (`SAVEPOINT` and `RELEASE`: two round trips a batch
+/// saved while nothing is refused).
 /// When Postgres refuses the COPY (a tx_id decided meanwhile by another
 /// instance, or a value it does not take), that transaction is rolled back
 /// and the batch is written again in a new one by the INSERT path, which
