@@ -53,8 +53,9 @@ pub(crate) fn environment() -> Result<&'static ort::environment::Environment, Ru
 /// 3.9 µs a row where the unfused `Add`s and `LayerNormalization` take about
 /// half that: the whole model 17.9 against 20.3 µs a row at 512 rows (17.4
 /// against 21.6 at 48), outputs within 4e-7 (2026-12-03, one thread, this
-/// level, medians of 9 alternated runs; docs/DECISIONS.md). No other
-/// committed model has a node it fuses.
+/// level, medians of 9 alternated runs; docs/DECISIONS.md). Of the other
+/// committed models only its int8 variant (the same graph) has a node it
+/// fuses.
 pub const DISABLED_OPTIMIZERS: &[&str] = &["SkipLayerNormFusion"];
 
 /// A session for one model's `bytes`, as every model is run here: all graph
