@@ -58,11 +58,15 @@ pub(crate) fn environment() -> Result<&'static ort::environment::Environment, Ru
 /// fuses.
 pub const DISABLED_OPTIMIZERS: &[&str] = &["SkipLayerNormFusion"];
 
-/// A session for one model's `bytes`, as every model is run here: all graph
-/// optimisations but [`DISABLED_OPTIMIZERS`], `intra_threads` threads inside
-/// one run and none across the graph's branches.
-pub(crate) fn open_session(bytes: &[u8], intra_threads: usize) -> Result<Session, String> {
-    let env = environment().map_err(|e| e.to_string())?;
+/// A session for one model's `bytes` in `env` (the process's [`environment`]),
+/// as every model is run here: all graph optimisations but
+/// [`DISABLED_OPTIMIZERS`], `intra_threads` threads inside one run and none
+/// across the graph's branches.
+pub(crate) fn open_session(
+    env: &ort::environment::Environment,
+    bytes: &[u8],
+    intra_threads: usize,
+) -> Result<Session, String> {
     Session::builder(env)
         .and_then(|b| Ok(b.with_optimization_level(GraphOptimizationLevel::Level3)?))
         .and_then(|b| {

@@ -102,10 +102,10 @@ impl LoadedModel {
         let bytes = manifest
             .verify_file(dir)
             .map_err(|e| fail(name, vec![e.to_string()]))?;
-        crate::onnx::environment().map_err(|e| fail(name, vec![e.to_string()]))?;
+        let env = crate::onnx::environment().map_err(|e| fail(name, vec![e.to_string()]))?;
         let mut sessions = Vec::with_capacity(opts.sessions.max(1));
         for _ in 0..opts.sessions.max(1) {
-            let session = crate::onnx::open_session(&bytes, opts.intra_threads)
+            let session = crate::onnx::open_session(env, &bytes, opts.intra_threads)
                 .map_err(|e| fail(name, vec![format!("cannot load model.onnx: {e}")]))?;
             sessions.push(session);
         }

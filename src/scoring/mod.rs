@@ -70,8 +70,7 @@ pub fn session(path: &Path) -> Result<Session, ScoringError> {
         message: format!("cannot load: {message}"),
     };
     let bytes = std::fs::read(path).map_err(|e| broken(e.to_string()))?;
-    environment()?;
-    open_session(&bytes, 1).map_err(broken)
+    open_session(environment()?, &bytes, 1).map_err(broken)
 }
 
 /// One scored row.
@@ -128,10 +127,10 @@ impl Scorer {
             Contract::ScoreOnly => check_score_contract(&manifest),
         }
         .map_err(broken)?;
-        environment()?;
+        let env = environment()?;
         let mut sessions = Vec::with_capacity(workers);
         for _ in 0..workers.max(1) {
-            let session = open_session(&bytes, intra_threads)
+            let session = open_session(env, &bytes, intra_threads)
                 .map_err(|e| broken(format!("cannot load model.onnx: {e}")))?;
             check_session(&session, &manifest).map_err(broken)?;
             sessions.push(session);
