@@ -9,7 +9,7 @@
 //! total of the card's cents before it, so a window's count and sum are two
 //! binary searches and a subtraction, whatever the card's size.
 
-use super::{CARD_WINDOW_DAYS, HISTORY_LEN, MCC_CONTEXT_LEN, MS_PER_DAY};
+use super::{IdHasher, CARD_WINDOW_DAYS, HISTORY_LEN, MCC_CONTEXT_LEN, MS_PER_DAY};
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 
@@ -54,11 +54,34 @@ pub fn cents(amount: f64) -> i64 {
     (amount * 100.0).round() as i64
 }
 
+/// The fields of a past transaction's history entry that depend on it
+/// alone, not on the transaction reading it: computed once when it is
+/// remembered instead of once per later transaction of its card that reads
+/// it (up to `history_len` times; the logarithm was 17 % of the
+/// featurizer's instructions).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Fixed {
+    /// `ln(1 + amount)`.
+    pub amount_log: f32,
+    /// Time of day, as a fraction of the (UTC) day.
+    pub day_fraction: f32,
+}
+
+impl Fixed {
+    fn of(tx: &PastTx) -> Fixed {
+        Fixed {
+            amount_log: tx.amount.ln_1p() as f32,
+            day_fraction: (tx.ts_ms.rem_euclid(MS_PER_DAY) as f64 / MS_PER_DAY as f64) as f32,
+        }
+    }
+}
+
 /// A remembered transaction, with the running total of the card's cents
 /// before it (i128: a card's lifetime total cannot overflow).
 #[derive(Debug)]
 struct Kept {
     tx: PastTx,
+    fixed: Fixed,
     cents: i64,
     cents_before: i128,
 }
@@ -70,7 +93,7 @@ static NO_PAST: Kepts = VecDeque::new();
 
 #[derive(Debug)]
 pub struct CardState {
-    cards: HashMap<String, Kepts>,
+    cards: HashMap<String, Kepts, IdHasher>,
     /// One copy of each terminal id and country the remembered transactions
     /// name: see [`CardState::shared`].
     strings: SharedStrings,
@@ -113,9 +136,14 @@ impl<'a> CardPast<'a> {
 
     /// The `n` most recent, oldest first.
     pub fn tail(&self, n: usize) -> impl DoubleEndedIterator<Item = &'a PastTx> {
+        self.tail_fixed(n).map(|(tx, _)| tx)
+    }
+
+    /// The `n` most recent with their [`Fixed`] history fields, oldest first.
+    pub fn tail_fixed(&self, n: usize) -> impl DoubleEndedIterator<Item = (&'a PastTx, Fixed)> {
         self.kept
             .range(self.end.saturating_sub(n)..self.end)
-            .map(|k| &k.tx)
+            .map(|k| (&k.tx, k.fixed))
     }
 
     /// `(count, cents)` of the window `[ts_ms − size_ms, ts_ms]`, closed on
@@ -139,7 +167,7 @@ impl CardState {
     /// (offline data for models with another K; the engine uses [`HISTORY_LEN`]).
     pub fn with_history_len(history_len: usize) -> Self {
         CardState {
-            cards: HashMap::new(),
+            cards: HashMap::default(),
             strings: SharedStrings::default(),
             history_len,
             cap: MAX_PER_CARD.max(kept_per_card(history_len)),
@@ -180,6 +208,7 @@ impl CardState {
             .map(|tx| {
                 let cents = cents(tx.amount);
                 let k = Kept {
+                    fixed: Fixed::of(&tx),
                     tx,
                     cents,
                     cents_before: total,
@@ -249,6 +278,7 @@ impl CardState {
         kept.insert(
             at,
             Kept {
+                fixed: Fixed::of(&tx),
                 tx,
                 cents,
                 cents_before,
@@ -298,7 +328,7 @@ impl CardState {
 /// ever-new terminal ids cannot grow it without bound).
 #[derive(Debug, Default)]
 struct SharedStrings {
-    set: HashSet<Arc<str>>,
+    set: HashSet<Arc<str>, IdHasher>,
     swept_len: usize,
 }
 

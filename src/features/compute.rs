@@ -83,9 +83,9 @@ pub fn featurize<T: AsRef<Transaction>>(
         let country = tx.country.as_deref().map(|c| cards.shared(c));
         let same = |a: &Arc<str>, b: Option<&Arc<str>>| b.is_some_and(|b| Arc::ptr_eq(a, b));
         let mut ids = Vec::with_capacity(k.min(past.len()));
-        for (pos, p) in past.tail(k).rev().enumerate() {
+        for (pos, (p, fixed)) in past.tail_fixed(k).rev().enumerate() {
             let h = &mut out.history[(i * k + pos) * HISTORY_FIELD_COUNT..][..HISTORY_FIELD_COUNT];
-            h[0] = p.amount.ln_1p() as f32;
+            h[0] = fixed.amount_log;
             h[1] = (((ts_ms - p.ts_ms) as f64) / 1000.0).ln_1p() as f32;
             h[2] = same(&p.terminal_id, terminal) as u8 as f32;
             h[3] = match (&p.country, country) {
@@ -94,12 +94,13 @@ pub fn featurize<T: AsRef<Transaction>>(
                 _ => false,
             } as u8 as f32;
             h[4] = p.ecom as u8 as f32;
-            h[5] = (p.ts_ms.rem_euclid(MS_PER_DAY) as f64 / MS_PER_DAY as f64) as f32;
+            h[5] = fixed.day_fraction;
             out.history_mask[i * k + pos] = 1.0;
             ids.push(p.tx_id.clone());
         }
         out.history_tx_ids.push(ids);
-        let mut mccs: Vec<Option<i32>> = past.tail(MCC_CONTEXT_LEN).map(|p| p.mcc).collect();
+        let mut mccs = Vec::with_capacity(MCC_CONTEXT_LEN + 1);
+        mccs.extend(past.tail(MCC_CONTEXT_LEN).map(|p| p.mcc));
         mccs.push(tx.mcc);
         out.mcc_context.push(mccs);
         cards.push(&tx.card_id, past_tx(tx));
