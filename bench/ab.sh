@@ -68,6 +68,7 @@ for spec in "$@"; do
   fi
   (cd "$dir" && env "${ENV[@]}" "$bin" migrate >/dev/null)
   pg_start=$(postgres_cpu_seconds)
+  steal_start=$(steal_seconds)
   start=$(date +%s.%N)
   (cd "$dir" && exec env "${ENV[@]}" "$bin" run 2>"$OUT/ab-$label.log") &
   pid=$!
@@ -78,9 +79,11 @@ for spec in "$@"; do
   wait "$pid" || true
   sleep 1 # its backends end and are reaped
   pg=$(awk -v a="$pg_start" -v b="$(postgres_cpu_seconds)" 'BEGIN { print b - a }')
+  steal=$(awk -v a="$steal_start" -v b="$(steal_seconds)" -v w="$(awk -v a="$start" -v b="$end" 'BEGIN { print b - a }')" \
+    -v c="$(nproc)" 'BEGIN { printf "%.1f", 100 * (b - a) / (w * c) }')
   # bench/policy.sh reads the fields by position: add new ones at the end.
-  awk -v l="$label" -v a="$start" -v b="$end" -v n="$N" -v c="$cpu" -v p="$pg" \
-    'BEGIN { printf "%s: %d tx in %.1f s wall, %.1f s CPU, %.0f tx/s; Postgres %.1f s CPU\n", l, n, b - a, c, n / (b - a), p }'
+  awk -v l="$label" -v a="$start" -v b="$end" -v n="$N" -v c="$cpu" -v p="$pg" -v s="$steal" \
+    'BEGIN { printf "%s: %d tx in %.1f s wall, %.1f s CPU, %.0f tx/s; Postgres %.1f s CPU; host steal %s %%\n", l, n, b - a, c, n / (b - a), p, s }'
   # So that the next run does not share the cores with this one's autovacuum
   # and checkpoint (which made later runs of the same build up to 30 % slower).
   "${PSQL[@]}" -d riskstream -c "DROP DATABASE $db WITH (FORCE)" -c "CHECKPOINT"

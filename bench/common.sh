@@ -50,6 +50,14 @@ cpu_seconds() {
   awk -v t="$(getconf CLK_TCK)" '{ print ($14 + $15) / t }' "/proc/$1/stat"
 }
 
+# steal_seconds: CPU seconds the hypervisor has given this machine's cores to
+# other guests since boot, all cores together (/proc/stat "steal"). Read
+# before and after a run: on a shared host the same build has run at half
+# the speed while others were busy, and this is what tells such a run apart.
+steal_seconds() {
+  awk -v t="$(getconf CLK_TCK)" '/^cpu / { print $9 / t }' /proc/stat
+}
+
 # postgres_cpu_seconds: user + system CPU seconds the PostgreSQL server has
 # used so far: the postmaster, the children it has reaped (backends and
 # autovacuum workers that ended) and the ones alive. A backend counts while

@@ -172,6 +172,19 @@ def results_table(t: dict, lat: dict, at_rate: str, systems: tuple[str, ...] = S
     ]
 
 
+def steal_line(t: dict, systems: tuple[str, ...]) -> list[str]:
+    """How much of the machine the host gave to other guests during each throughput run."""
+    parts = [f"{NAMES[s]} {100 * r['steal_seconds'] / (r['wall_seconds'] * r['cores']):.1f} %"
+             for s in systems if (r := t.get(s)) and "steal_seconds" in r and r["wall_seconds"] > 0]
+    if not parts:
+        return []
+    return ["Host CPU steal during each throughput run (the time the hypervisor gave this machine's cores to "
+            "other guests, `/proc/stat`, as a share of the run's wall time on all cores): " + ", ".join(parts)
+            + ". On this shared box the same binaries have run at half these speeds on another hour of the same "
+            "day: this is the first figure to compare when a run is slower than the last (docs/DECISIONS.md, "
+            "\"Benchmarks record the host's steal\").", ""]
+
+
 def keeps_up(s: str, lat: dict | None) -> str:
     """Keeping up means a steady lag: the median latency of the last 10 s of
     input is not clearly above that of the first 10 s of the steady state."""
@@ -306,6 +319,7 @@ def stack_section(out: Path, model_dir: Path, commit: str) -> list[str]:
         "",
         *results_table(t, lat, at_rate, systems),
         "",
+        *steal_line(t, systems),
         *([f"{NAMES[NAIVE]}: decisions/s, CPU and peak RSS over the first {naive_n:,} of the {n:,} pre-loaded "
            "transactions (the others' over all of them); its state, and so its memory, is that much smaller.", ""]
           if naive_n is not None and naive_n != n else []),

@@ -170,6 +170,8 @@ throughput() {
     n=$NAIVE_N max=$NAIVE_N
   fi
   say "throughput: $system consumes $n${max:+ (the first ones) of $produced} pre-loaded transactions"
+  local steal_start
+  steal_start=$(steal_seconds)
   start "$system" "$prefix" "$db" "$log" "$max"
   wait_committed "$system" "$db" "$prefix.transactions" "$n" "$log"
   if [[ $system == engine ]]; then
@@ -188,7 +190,8 @@ throughput() {
 {"system": "$system", "transactions": $n, "stream_transactions": $produced, "rows_committed": $rows,
  "wall_seconds": $(awk -v a="$STARTED" -v b="$last" 'BEGIN { printf "%.3f", b - a }'),
  "first_to_last_commit_seconds": $(awk -v a="$first" -v b="$last" 'BEGIN { printf "%.3f", b - a }'),
- "cpu_seconds": $CPU_S, "peak_rss_mb": $RSS_MB}
+ "cpu_seconds": $CPU_S, "peak_rss_mb": $RSS_MB,
+ "steal_seconds": $(awk -v a="$steal_start" -v b="$(steal_seconds)" 'BEGIN { printf "%.2f", b - a }'), "cores": $(nproc)}
 JSON
 }
 
