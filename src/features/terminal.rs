@@ -84,7 +84,7 @@ impl TerminalStats {
     /// Forget days no window of a transaction on `oldest_day` or later can reach.
     pub fn evict_before(&mut self, day: i64) {
         for days in self.counts.values_mut() {
-            days.0.retain(|(d, _)| *d >= day);
+            days.forget_before(day);
         }
         self.counts.retain(|_, days| !days.is_empty());
         if let Some(f) = self.counts_from.as_mut() {
@@ -124,6 +124,11 @@ impl DayCounts {
             Some((d, count)) if *d == day => *count += n,
             _ => self.0.insert(at, (day, n)),
         }
+    }
+
+    fn forget_before(&mut self, day: i64) {
+        let keep = self.0.partition_point(|(d, _)| *d < day);
+        self.0.drain(..keep);
     }
 
     /// Transactions on days `[from, until)`.
@@ -192,6 +197,8 @@ mod tests {
         assert_eq!(c.sum(0, 100), 31);
         assert_eq!(c.sum(6, 9), 0);
         assert_eq!(c.sum(9, 3), 0, "an empty range");
+        c.forget_before(5);
+        assert_eq!(c.0, [(5, 5), (9, 8)]);
     }
 
     #[test]
