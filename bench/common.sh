@@ -53,7 +53,8 @@ cpu_seconds() {
 # steal_seconds: CPU seconds the hypervisor has given this machine's cores to
 # other guests since boot, all cores together (/proc/stat "steal"). Read
 # before and after a run: on a shared host the same build has run at half
-# the speed while others were busy, and this is what tells such a run apart.
+# the speed on another hour; steal shows the host taking cores away (a
+# neighbour slowing shared caches shows only as more CPU seconds a run).
 steal_seconds() {
   awk -v t="$(getconf CLK_TCK)" '/^cpu / { print $9 / t }' /proc/stat
 }

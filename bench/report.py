@@ -181,8 +181,8 @@ def steal_line(t: dict, systems: tuple[str, ...]) -> list[str]:
     return ["Host CPU steal during each throughput run (the time the hypervisor gave this machine's cores to "
             "other guests, `/proc/stat`, as a share of the run's wall time on all cores): " + ", ".join(parts)
             + ". On this shared box the same binaries have run at half these speeds on another hour of the same "
-            "day: this is the first figure to compare when a run is slower than the last (docs/DECISIONS.md, "
-            "\"Benchmarks record the host's steal\").", ""]
+            "day: compare this, and the Python baseline's figures of the same run, before reading a change "
+            "between two records as the code's (docs/DECISIONS.md, \"Benchmarks record the host's steal\").", ""]
 
 
 def keeps_up(s: str, lat: dict | None) -> str:
