@@ -151,6 +151,36 @@ def baseline_features(df: pd.DataFrame, delay: int = LABEL_DELAY_DAYS) -> pd.Dat
     return out
 
 
+def terminal_windows(df: pd.DataFrame, resolution_s: int, delay: int = LABEL_DELAY_DAYS) -> np.ndarray:
+    """The terminal's 6 features (count and fraud share over 1, 7, 30 days, the book's order)
+    with windows of `resolution_s` seconds' granularity, as a stream that keeps the
+    terminal's counts in buckets of that size computes them: a transaction at t, in the bucket
+    starting at B = t rounded down to `resolution_s`, counts the terminal's transactions in
+    [B - delay - w days, B - delay days) and the frauds among them (with the book's 7-day
+    delay every one of those is known before B). 86,400 is the engine's calendar-day
+    windows (`src/features/terminal.rs`); 1 is the book's windows up to their closed/open
+    ends. Rows in `df`'s order; float32."""
+    day = 86_400
+    t = df["TX_TIME_SECONDS"].to_numpy().astype(np.int64)
+    term = df["TERMINAL_ID"].to_numpy().astype(np.int64)
+    fraud = df["TX_FRAUD"].to_numpy().astype(np.int64)
+    span = int(t.max()) + 400 * day  # > any time or window edge: keys of terminals never mix
+    key = term * span + t
+    order = np.argsort(key, kind="stable")
+    keys = key[order]
+    frauds_before = np.r_[0, np.cumsum(fraud[order])]  # frauds among the first i sorted rows
+    bucket = t // resolution_s * resolution_s
+    out = np.zeros((len(df), 2 * len(WINDOWS)), np.float32)
+    for i, w in enumerate(WINDOWS):
+        lo = np.searchsorted(keys, term * span + bucket - (delay + w) * day, side="left")
+        hi = np.searchsorted(keys, term * span + bucket - delay * day, side="left")
+        n = hi - lo
+        bad = frauds_before[hi] - frauds_before[lo]
+        out[:, 2 * i] = n
+        out[:, 2 * i + 1] = np.where(n > 0, bad / np.maximum(n, 1), 0.0)
+    return out
+
+
 def epoch_day(df: pd.DataFrame) -> np.ndarray:
     """Days since 1970-01-01 (the unit of fraudlib.data) from TX_TIME_DAYS."""
     return df["TX_TIME_DAYS"].to_numpy() + (FIRST_DAY - dt.date(1970, 1, 1)).days
