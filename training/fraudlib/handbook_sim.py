@@ -103,9 +103,9 @@ def _aheapsort_py(v, a, lo: int, n: int) -> None:
     def put(i, x):
         a[lo + i - 1] = x
 
-    for l in range(n >> 1, 0, -1):
-        tmp = get(l)
-        i, j = l, l << 1
+    def sift_down(tmp, i: int, n: int) -> None:
+        """Put `tmp` at heap position `i` of the first `n`, moving larger children up."""
+        j = i << 1
         while j <= n:
             if j < n and v[get(j)] < v[get(j + 1)]:
                 j += 1
@@ -116,21 +116,14 @@ def _aheapsort_py(v, a, lo: int, n: int) -> None:
             else:
                 break
         put(i, tmp)
+
+    for l in range(n >> 1, 0, -1):
+        sift_down(get(l), l, n)
     while n > 1:
         tmp = get(n)
         put(n, get(1))
         n -= 1
-        i, j = 1, 2
-        while j <= n:
-            if j < n and v[get(j)] < v[get(j + 1)]:
-                j += 1
-            if v[tmp] < v[get(j)]:
-                put(i, get(j))
-                i = j
-                j += j
-            else:
-                break
-        put(i, tmp)
+        sift_down(tmp, 1, n)
 
 
 def _aquicksort_py(values) -> np.ndarray:
