@@ -25,7 +25,8 @@ if [ ! -x "$VENV/bin/python" ]; then
     exit 2
 fi
 if ! ls "$DIR"/raw/2018-*.pkl >/dev/null 2>&1 || [ "${REGENERATE:-0}" = 1 ]; then
-    (cd training && "../$VENV/bin/python" -m fraudlib.handbook_sim --seed "$SEED" --out "../$DIR/raw")
+    py=$(cd "$VENV" && pwd)/bin/python  # absolute: the module runs from training/
+    (cd training && "$py" -m fraudlib.handbook_sim --seed "$SEED" --out "../$DIR/raw")
 fi
 if [ ! -f "$DIR/transactions.parquet" ] || [ "${REGENERATE:-0}" = 1 ]; then
     "$VENV/bin/python" training/handbook.py --raw "$DIR/raw" --out "$DIR/transactions.parquet"
