@@ -36,8 +36,7 @@ Models: sklearn's LogisticRegression (standardized inputs) and RandomForestClass
 the book's Chapter 3 settings; HistGradientBoostingClassifier with the study's settings
 (fraudlib/fit.py `train_gbdt`); the study's feed-forward and transformer-none networks
 and the production architecture mlp-attention (fraudlib/models.py, trained by fraudlib/fit.py
-with the study's TrainConfig). To give the
-networks 35 flat inputs without touching fraudlib, `wider_flat_inputs` widens
+with the study's TrainConfig). To give the networks 35 flat inputs without touching fraudlib, `wider_flat_inputs` widens
 `fraudlib.models.N_FEAT` while a model is built, and the book's columns get their
 normalization constants (log1p for counts and amounts, as the engine's) here. Ensembles:
 the mean of the members' probabilities, and the mean of their ranks within the test week
@@ -58,6 +57,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import functools
 import datetime as dt
 import json
 import sys
@@ -125,31 +125,23 @@ def load() -> dict:
          .sink_parquet(subset))
     data = D.load_table(subset, history_len=HISTORY_LEN)
 
+    raw = functools.cache(lambda: H.read_raw(DIR / "raw", BOOK_FIRST_DAY, LAST_DAY))  # read once, if needed
     book_path = WORK / f"book15-{FIRST_DAY}-{LAST_DAY}.parquet"
     if not book_path.exists():
-        df = H.baseline_features(H.read_raw(DIR / "raw", BOOK_FIRST_DAY, LAST_DAY))
+        df = H.baseline_features(raw())
         df = df[df["TX_DATETIME"] >= FIRST_DAY]
         pl.from_pandas(df[["TRANSACTION_ID", *H.BASELINE_FEATURES]]).write_parquet(book_path)
-    book = pl.read_parquet(book_path).with_columns(("hb-" + pl.col("TRANSACTION_ID").cast(pl.String)).alias("tx_id"))
-    aligned = pl.DataFrame({"tx_id": data["tx_id"]}).join(book, on="tx_id", how="left", maintain_order="left")
-    x = aligned.select(H.BASELINE_FEATURES).to_numpy().astype(np.float32)
-    if not np.isfinite(x).all():
-        sys.exit("book features missing for some rows of the features table (tx_id join)")
-    data["book"] = x
+    data["book"] = aligned(data, pl.read_parquet(book_path), H.BASELINE_FEATURES)
 
     # The terminal's 6 features at each window resolution of group 5, row-aligned the same way.
-    raw = None
+    terminal_names = [H.BASELINE_FEATURES[i] for i in BOOK_TERMINAL]
     for res, seconds in TERMINAL_RESOLUTIONS.items():
         path = WORK / f"terminal-{res}-{FIRST_DAY}-{LAST_DAY}.parquet"
         if not path.exists():
-            raw = H.read_raw(DIR / "raw", BOOK_FIRST_DAY, LAST_DAY) if raw is None else raw
-            cols = H.terminal_windows(raw, seconds)
-            pl.DataFrame({"tx_id": "hb-" + pl.Series(raw["TRANSACTION_ID"].to_numpy()).cast(pl.String),
-                          **{n: cols[:, i] for i, n in enumerate(H.BASELINE_FEATURES[i] for i in BOOK_TERMINAL)}}
-                         ).write_parquet(path)
-        t = pl.DataFrame({"tx_id": data["tx_id"]}).join(pl.read_parquet(path), on="tx_id", how="left",
-                                                        maintain_order="left")
-        data[f"terminal-{res}"] = t.drop("tx_id").to_numpy().astype(np.float32)
+            cols = H.terminal_windows(raw(), seconds)
+            pl.DataFrame({"TRANSACTION_ID": raw()["TRANSACTION_ID"].to_numpy(),
+                          **{n: cols[:, i] for i, n in enumerate(terminal_names)}}).write_parquet(path)
+        data[f"terminal-{res}"] = aligned(data, pl.read_parquet(path), terminal_names)
     # The engine's windows are calendar days: recomputed from the raw file at 1-day resolution
     # they must be the engine's own terminal features, or group 5 compares the wrong thing.
     engine, recomputed = data["features"][:, PROJECT_TERMINAL], data["terminal-1d"]
@@ -159,6 +151,17 @@ def load() -> dict:
     if off.any():
         sys.exit("the 1-day recomputation of the terminal features is not the engine's")
     return data
+
+
+def aligned(data: dict, frame: pl.DataFrame, columns: list[str]) -> np.ndarray:
+    """`columns` of `frame` (rows keyed by the book's TRANSACTION_ID) in the order of the
+    engine's rows in `data`, float32; stops if any of those rows is missing from `frame`."""
+    keyed = frame.with_columns(("hb-" + pl.col("TRANSACTION_ID").cast(pl.String)).alias("tx_id"))
+    x = (pl.DataFrame({"tx_id": data["tx_id"]}).join(keyed, on="tx_id", how="left", maintain_order="left")
+         .select(columns).to_numpy().astype(np.float32))
+    if not np.isfinite(x).all():
+        sys.exit(f"{columns[0]}…: missing for some rows of the features table (tx_id join)")
+    return x
 
 
 def feature_set(data: dict, name: str) -> np.ndarray:
